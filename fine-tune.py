@@ -1,0 +1,134 @@
+"""Continued pretraining at a long context with S²-Attn and LoRA+ (LongLoRA's fine-tune.py).
+
+RoPE is rescaled to --model_max_length, the model trains with shifted sparse attention and LoRA+
+(LoRA on attention plus trainable embeddings and norms), and a perplexity check with full attention
+runs on held-out text before and after. Checkpoints hold the adapter and trainable_params.safetensors.
+
+Quick start on a CPU (bundled SmolLM2-135M and PG19 books, 16k tokens = twice the native window):
+    python fine-tune.py --model_max_length 16384 --max_steps 3 --learning_rate 1e-3 --warmup_steps 0 \
+        --output_dir outputs/smollm2-16k
+
+One GPU node (LongLoRA's recipe; add --use_flash_attn True when flash-attn is installed):
+    torchrun --nproc_per_node=8 fine-tune.py --model_name_or_path path/to/Llama-2-7b-hf --bf16 True \
+        --output_dir outputs/llama2-7b-32k --model_max_length 32768 --use_flash_attn True \
+        --low_rank_training True --trainable_params embed,norm --num_train_epochs 1 \
+        --per_device_train_batch_size 1 --gradient_accumulation_steps 8 --learning_rate 2e-5 \
+        --warmup_steps 20 --max_steps 1000 --save_steps 100 --deepspeed ds_configs/stage2.json \
+        --data_path path/to/redpajama.bin
+
+Resume an interrupted run with --resume_from_checkpoint latest (or a checkpoint-N folder).
+"""
+
+import json
+import time
+
+from longctx.args import DataArguments, LongContextTrainingArguments, ModelArguments, PerplexityCheckArguments
+from longctx.attention import disable_s2_attn, enable_s2_attn
+from longctx.cli import parse_dataclasses, run_cli
+from longctx.data import collate_rows, default_eval_data, default_pretraining_data, load_pretraining_dataset
+from longctx.evaluation import rows_perplexity
+from longctx.io import write_json_atomic
+from longctx.lora import count_parameters, save_trainable_params, setup_lora
+from longctx.modeling import load_model_and_tokenizer
+from longctx.trainer import (
+    LongContextTrainer,
+    SaveTrainableParamsCallback,
+    resolve_resume_checkpoint,
+    restore_trainable_params,
+)
+
+
+def perplexity_check(model, rows, is_main_process: bool) -> dict | None:
+    """Full-attention perplexity on the held-out rows, on the main process only."""
+    if rows is None or not is_main_process:
+        return None
+    return rows_perplexity(model, rows)
+
+
+def main():
+    model_args, data_args, check_args, train_args = parse_dataclasses(
+        (ModelArguments, DataArguments, PerplexityCheckArguments, LongContextTrainingArguments), __doc__
+    )
+    started = time.perf_counter()
+    model, tokenizer = load_model_and_tokenizer(
+        model_args.model_name_or_path,
+        dtype=model_args.dtype,
+        context_size=train_args.model_max_length,
+        rope_method=model_args.rope_method,
+        rope_options=model_args.rope_options(),
+    )
+    train_rows = load_pretraining_dataset(
+        data_args.data_path or default_pretraining_data(),
+        tokenizer,
+        train_args.model_max_length,
+        token_dtype=data_args.token_dtype,
+        max_rows=data_args.max_train_rows,
+    )
+    eval_rows = None
+    if not check_args.skip_eval:
+        eval_rows = load_pretraining_dataset(
+            check_args.eval_data_path or default_eval_data(),
+            tokenizer,
+            check_args.eval_seq_len or train_args.model_max_length,
+            max_rows=check_args.eval_windows,
+        )
+    is_main_process = train_args.process_index == 0
+    before = perplexity_check(model, eval_rows, is_main_process)
+
+    if not train_args.use_full_attn:
+        enable_s2_attn(model, train_args.group_size_ratio, train_args.group_size, train_args.use_flash_attn)
+    if train_args.low_rank_training:
+        model = setup_lora(
+            model,
+            r=train_args.lora_r,
+            alpha=train_args.lora_alpha,
+            dropout=train_args.lora_dropout,
+            target=train_args.lora_target,
+            trainable_params=train_args.trainable_params,
+        )
+    trainable, total = count_parameters(model)
+    print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)", flush=True)
+
+    trainer = LongContextTrainer(
+        model=model,
+        args=train_args,
+        train_dataset=train_rows,
+        data_collator=collate_rows,
+        processing_class=tokenizer,
+        callbacks=[SaveTrainableParamsCallback()],
+        loss_chunk_size=train_args.loss_chunk_size,
+    )
+    checkpoint = resolve_resume_checkpoint(train_args.resume_from_checkpoint, train_args.output_dir)
+    if checkpoint:
+        restore_trainable_params(model, checkpoint)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(train_args.output_dir)
+    if is_main_process and train_args.low_rank_training:
+        save_trainable_params(model, train_args.output_dir)
+
+    disable_s2_attn(model)
+    after = perplexity_check(model, eval_rows, is_main_process)
+    if not is_main_process:
+        return
+    summary = {
+        "model": model_args.model_name_or_path,
+        "model_max_length": train_args.model_max_length,
+        "rope": model.config.rope_parameters if hasattr(model, "config") else None,
+        "s2_attn": not train_args.use_full_attn,
+        "trainable_parameters": trainable,
+        "train_rows": len(train_rows),
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "perplexity_before": before,
+        "perplexity_after": after,
+        "seconds": time.perf_counter() - started,
+    }
+    write_json_atomic(f"{train_args.output_dir}/fine-tune-results.json", summary)
+    print(json.dumps({k: summary[k] for k in ("steps", "train_loss", "seconds")}))
+    if before and after:
+        print(f"perplexity @ {before['seq_len']} tokens: before {before['perplexity']:.2f}, after {after['perplexity']:.2f}")
+    print(f"adapter and trainable params saved in {train_args.output_dir}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,21 @@
+"""longctx: extend the context window of open LLMs cheaply, and measure it honestly.
+
+The public entry points; everything else lives in the submodules named in DESIGN.md.
+"""
+
+from longctx.attention import disable_s2_attn, enable_s2_attn, replace_llama_attn, shifted_sparse_attention
+from longctx.lora import load_trainable_params, save_trainable_params, setup_lora
+from longctx.modeling import load_model_and_tokenizer
+from longctx.rope import extend_context
+
+__all__ = [
+    "disable_s2_attn",
+    "enable_s2_attn",
+    "extend_context",
+    "load_model_and_tokenizer",
+    "load_trainable_params",
+    "replace_llama_attn",
+    "save_trainable_params",
+    "setup_lora",
+    "shifted_sparse_attention",
+]

