@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -19,7 +18,7 @@ COMMON = [
 
 def torchrun(nproc, *args, timeout=600):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0", "fine-tune.py", *map(str, args)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "fine-tune.py", *map(str, args)]
     completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return completed
@@ -41,7 +40,6 @@ def test_torchrun_two_processes(tiny_model_dir, tmp_path):
     assert results["train_rows"] == 8  # each step consumed one row per process
 
 
-@pytest.mark.slow
 def test_deepspeed_zero2(tiny_model_dir, tmp_path):
     torchrun(2, "--model_name_or_path", tiny_model_dir, "--output_dir", tmp_path, "--deepspeed", ROOT / "ds_configs" / "stage2.json", *COMMON)
     check_outputs(tmp_path)
