@@ -16,11 +16,16 @@ One GPU node (LongLoRA's recipe; add --use_flash_attn True when flash-attn is in
         --warmup_steps 20 --max_steps 1000 --save_steps 100 --deepspeed ds_configs/stage2.json \
         --data_path path/to/redpajama.bin
 
+QLoRA (LongQLoRA): add --load_in_4bit True (NF4, double quantization; --bnb_4bit_compute_dtype bfloat16);
+S²-Attn and RoPE scaling work as above, and the embed/norm weights still train and save in full precision.
+
 Resume an interrupted run with --resume_from_checkpoint latest (or a checkpoint-N folder).
 """
 
 import json
 import time
+
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from longctx.args import DataArguments, LongContextTrainingArguments, ModelArguments, PerplexityCheckArguments
 from longctx.attention import disable_s2_attn, enable_s2_attn
@@ -28,13 +33,14 @@ from longctx.cli import parse_dataclasses, run_cli
 from longctx.data import collate_rows, default_eval_data, default_pretraining_data, load_pretraining_dataset
 from longctx.evaluation import rows_perplexity
 from longctx.io import write_json_atomic
-from longctx.lora import count_parameters, save_trainable_params, setup_lora
+from longctx.lora import count_parameters, setup_lora
 from longctx.modeling import load_model_and_tokenizer
 from longctx.trainer import (
     LongContextTrainer,
     SaveTrainableParamsCallback,
     resolve_resume_checkpoint,
     restore_trainable_params,
+    save_trainable_params_from_all_processes,
 )
 
 
@@ -49,6 +55,8 @@ def main():
     model_args, data_args, check_args, train_args = parse_dataclasses(
         (ModelArguments, DataArguments, PerplexityCheckArguments, LongContextTrainingArguments), __doc__
     )
+    if model_args.load_in_4bit and not train_args.low_rank_training:
+        raise ValueError("--load_in_4bit trains LoRA+ on a frozen 4-bit base; it needs --low_rank_training True")
     started = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(
         model_args.model_name_or_path,
@@ -56,6 +64,7 @@ def main():
         context_size=train_args.model_max_length,
         rope_method=model_args.rope_method,
         rope_options=model_args.rope_options(),
+        **model_args.quantization_options(),
     )
     train_rows = load_pretraining_dataset(
         data_args.data_path or default_pretraining_data(),
@@ -65,7 +74,9 @@ def main():
         max_rows=data_args.max_train_rows,
     )
     eval_rows = None
-    if not check_args.skip_eval:
+    if is_deepspeed_zero3_enabled() and not check_args.skip_eval:
+        print("ZeRO-3 splits every weight across processes: no before/after perplexity check; run eval.py on the adapter")
+    elif not check_args.skip_eval:
         eval_rows = load_pretraining_dataset(
             check_args.eval_data_path or default_eval_data(),
             tokenizer,
@@ -100,11 +111,11 @@ def main():
     )
     checkpoint = resolve_resume_checkpoint(train_args.resume_from_checkpoint, train_args.output_dir)
     if checkpoint:
-        restore_trainable_params(model, checkpoint)
+        restore_trainable_params(model, checkpoint, deepspeed=bool(train_args.deepspeed))
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(train_args.output_dir)
-    if is_main_process and train_args.low_rank_training:
-        save_trainable_params(model, train_args.output_dir)
+    if train_args.low_rank_training:
+        save_trainable_params_from_all_processes(model, train_args.output_dir, is_main_process)
 
     disable_s2_attn(model)
     after = perplexity_check(model, eval_rows, is_main_process)

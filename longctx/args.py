@@ -27,6 +27,8 @@ class ModelArguments:
     dtype: str = _help(f"weights dtype: {', '.join(DTYPES)} (float32 is fastest on CPU)", default="float32")
     rope_method: str = _help(f"RoPE scaling to reach the new length: {', '.join(ROPE_METHODS)}", default="linear")
     rope_factor: float | None = _help("override the RoPE scaling factor (default: from the target length)", default=None)
+    load_in_4bit: bool = _help("QLoRA: base linear weights in 4-bit NF4, double-quantized (bitsandbytes)", default=False)
+    bnb_4bit_compute_dtype: str | None = _help("dtype the 4-bit matmuls compute in (default: --dtype)", default=None)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -35,9 +37,16 @@ class ModelArguments:
             raise ValueError(f"--rope_method {self.rope_method} is not one of {', '.join(ROPE_METHODS)}")
         if self.rope_factor is not None and self.rope_factor < 1:
             raise ValueError(f"--rope_factor must be at least 1 (got {self.rope_factor})")
+        compute_dtype = self.bnb_4bit_compute_dtype
+        if compute_dtype is not None and compute_dtype not in DTYPES:
+            raise ValueError(f"--bnb_4bit_compute_dtype {compute_dtype} is not one of {', '.join(DTYPES)}")
 
     def rope_options(self) -> dict:
         return {} if self.rope_factor is None else {"factor": self.rope_factor}
+
+    def quantization_options(self) -> dict:
+        """`load_model_and_tokenizer` keywords for --load_in_4bit."""
+        return {"load_in_4bit": self.load_in_4bit, "compute_dtype": self.bnb_4bit_compute_dtype}
 
 
 @dataclass
@@ -116,3 +125,178 @@ class LongContextTrainingArguments(TrainingArguments):
         if self.gradient_checkpointing_kwargs is None:
             self.gradient_checkpointing_kwargs = {"use_reentrant": False}
         super().__post_init__()
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation scripts (eval.py, eval_distributed.py, passkey_retrivial.py, needle_in_haystack.py)
+
+PERPLEXITY_SCORINGS = ("longlora", "strided")
+
+
+def _positive_ints(flag: str, text: str) -> list[int]:
+    """'2048,4096' -> [2048, 4096], sorted and without repeats; ValueError naming the flag otherwise."""
+    try:
+        values = sorted({int(piece) for piece in str(text).split(",") if piece.strip()})
+    except ValueError:
+        raise ValueError(f"{flag} {text} must be a comma-separated list of integers") from None
+    if not values or values[0] <= 1:
+        raise ValueError(f"{flag} {text} must name lengths above 1 token")
+    return values
+
+
+@dataclass
+class InferenceModelArguments:
+    """The model a reading script loads: LongLoRA's --base_model/--peft_model/--context_size plus RoPE scaling."""
+
+    base_model: str = _help(
+        f"'{DEFAULT_MODEL}' (bundled SmolLM2-135M-Instruct), a local HF folder, a .gguf file or a cached hub id",
+        default=DEFAULT_MODEL,
+    )
+    peft_model: str | None = _help(
+        "fine-tune.py output folder: PEFT adapter and/or trainable_params.safetensors, applied to --base_model",
+        default=None,
+    )
+    context_size: int | None = _help(
+        "context length the model was fine-tuned for; RoPE is scaled to reach it (default: the longest length tested)",
+        default=None,
+    )
+    rope_method: str = _help(f"RoPE scaling to reach --context_size: {', '.join(ROPE_METHODS)}", default="linear")
+    rope_factor: float | None = _help("override the RoPE scaling factor (default: from --context_size)", default=None)
+    dtype: str = _help(f"weights dtype: {', '.join(DTYPES)} (float32 is fastest on CPU)", default="float32")
+    flash_attn: bool = _help("use flash-attn 2 (CUDA only; falls back to SDPA)", default=False)
+
+    def __post_init__(self):
+        if self.context_size is not None and self.context_size <= 0:
+            raise ValueError(f"--context_size must be positive (got {self.context_size})")
+        if self.rope_method not in ROPE_METHODS:
+            raise ValueError(f"--rope_method {self.rope_method} is not one of {', '.join(ROPE_METHODS)}")
+        if self.rope_factor is not None and self.rope_factor < 1:
+            raise ValueError(f"--rope_factor must be at least 1 (got {self.rope_factor})")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype {self.dtype} is not one of {', '.join(DTYPES)}")
+
+    def rope_options(self) -> dict:
+        return {} if self.rope_factor is None else {"factor": self.rope_factor}
+
+    def load_options(self, longest_length: int) -> dict:
+        """Keyword arguments of longctx.modeling.load_for_inference; RoPE reaches `longest_length` by default."""
+        from longctx.attention import flash_attn_available
+
+        return {
+            "base_model": self.base_model,
+            "peft_model": self.peft_model,
+            "context_size": self.context_size or longest_length,
+            "rope_method": self.rope_method,
+            "rope_options": self.rope_options(),
+            "dtype": self.dtype,
+            "attn_implementation": "flash_attention_2" if self.flash_attn and flash_attn_available() else "sdpa",
+        }
+
+
+@dataclass
+class PerplexityArguments(InferenceModelArguments):
+    """eval.py and eval_distributed.py: perplexity at one or several lengths (LongLoRA's flags first)."""
+
+    seq_len: str = _help("evaluation length(s) in tokens, comma-separated for several: 2048,4096,8192", default="2048")
+    batch_size: int = _help("windows per forward pass", default=1)
+    data_path: str | None = _help(
+        "token .bin (uint16) / .u32.bin, or .txt files/folders, .jsonl (text field); comma-separated for several "
+        "(default: the bundled held-out book data/pg19_eval)",
+        default=None,
+    )
+    token_dtype: str | None = _help("dtype of .bin token files: uint16 or uint32 (default: from the suffix)", default=None)
+    scoring: str = _help(
+        "longlora: windows every --sliding_window tokens, all tokens of each scored, mean of window losses "
+        "(LongLoRA's eval.py); strided: each token scored once, with up to seq_len - 1 tokens of context",
+        default="longlora",
+    )
+    sliding_window: int = _help("stride between window starts in tokens (LongLoRA's and LongQLoRA's 256)", default=256)
+    max_tokens: int | None = _help("use only the first N tokens of the data (bounds the work)", default=None)
+    output_json: str | None = _help("write the results (config, per-length figures, timings) to this JSON file", default=None)
+    plot: str | None = _help("PNG of perplexity against length (default: beside --output_json)", default=None)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.seq_lens = _positive_ints("--seq_len", self.seq_len)
+        if self.context_size is not None and self.seq_lens[-1] > self.context_size:
+            raise ValueError(f"--seq_len {self.seq_lens[-1]} exceeds --context_size {self.context_size}")
+        if self.scoring not in PERPLEXITY_SCORINGS:
+            raise ValueError(f"--scoring {self.scoring} is not one of {', '.join(PERPLEXITY_SCORINGS)}")
+        if self.batch_size <= 0:
+            raise ValueError(f"--batch_size must be positive (got {self.batch_size})")
+        if self.sliding_window <= 0:
+            raise ValueError(f"--sliding_window must be positive (got {self.sliding_window})")
+        if self.scoring == "strided" and self.sliding_window >= self.seq_lens[0]:
+            raise ValueError(
+                f"--sliding_window {self.sliding_window} must be below --seq_len {self.seq_lens[0]} with --scoring "
+                "strided (a window's first token is context only)"
+            )
+        if self.token_dtype not in (None, "uint16", "uint32"):
+            raise ValueError(f"--token_dtype {self.token_dtype} must be uint16 or uint32")
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise ValueError(f"--max_tokens must be at least 2 (got {self.max_tokens})")
+
+
+def _depths(flag: str, text: str | None) -> list[float] | None:
+    """'0,50,100' (percent) -> [0.0, 0.5, 1.0]; None stays None."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        percents = [float(piece) for piece in str(text).split(",") if piece.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} {text} must be comma-separated percentages, e.g. 0,25,50,75,100") from None
+    if not percents or not all(0 <= percent <= 100 for percent in percents):
+        raise ValueError(f"{flag} {text}: depths are percentages between 0 and 100")
+    return sorted({percent / 100 for percent in percents})
+
+
+@dataclass
+class RetrievalArguments(InferenceModelArguments):
+    """passkey_retrivial.py and needle_in_haystack.py: retrieval accuracy by prompt length (LongLoRA's flags)."""
+
+    max_tokens: int = _help("longest prompt in tokens; lengths are --interval, 2 x --interval, ... up to it", default=8192)
+    interval: int = _help("step between tested prompt lengths in tokens", default=1024)
+    num_tests: int = _help("tests per length (per length and depth with --depths), each with its own key", default=10)
+    depths: str | None = _help(
+        "depths of the key in percent of the context, comma-separated, e.g. 0,25,50,75,100 (default: random)",
+        default=None,
+    )
+    seed: int = _help("seed of the keys and random depths", default=0)
+    output_json: str | None = _help("write the results (config, accuracy per length, every answer) to this JSON file", default=None)
+    plot: str | None = _help("PNG of accuracy against length, or depth x length heatmap (default: beside --output_json)", default=None)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.interval <= 0:
+            raise ValueError(f"--interval must be positive (got {self.interval})")
+        if self.max_tokens < self.interval:
+            raise ValueError(f"--max_tokens {self.max_tokens} is below --interval {self.interval}: no length to test")
+        if self.num_tests <= 0:
+            raise ValueError(f"--num_tests must be positive (got {self.num_tests})")
+        self.depth_fractions = _depths("--depths", self.depths)
+        self.lengths = list(range(self.interval, self.max_tokens + 1, self.interval))
+
+
+@dataclass
+class NeedleArguments(RetrievalArguments):
+    """needle_in_haystack.py: a needle sentence at fixed depths of real text (LongAlign's and ChunkLlama's test)."""
+
+    num_tests: int = _help("haystacks per length and depth (each starts at another place in the books)", default=1)
+    depths: str | None = _help("needle depths in percent of the context, comma-separated", default="0,10,20,30,40,50,60,70,80,90,100")
+    haystack: str | None = _help(
+        ".txt files or folders of real text (default: the bundled held-out book data/pg19_eval)", default=None
+    )
+    needle: str = _help(
+        "the sentence hidden in the text",
+        default="The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.",
+    )
+    question: str = _help("the question asked after the text", default="What is the best thing to do in San Francisco?")
+    answer: str = _help("the answer that must appear in the reply (case and punctuation aside)", default="Dolores Park")
+    answer_prefix: str = _help("start of the reply, written for the model", default="The best thing to do in San Francisco is")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.depth_fractions is None:
+            raise ValueError("--depths must name at least one depth for the needle test")
+        if not self.answer.strip() or self.answer.lower() not in self.needle.lower():
+            raise ValueError(f"--answer {self.answer!r} must be a non-empty part of --needle")

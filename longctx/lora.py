@@ -8,14 +8,32 @@ under the base model's own parameter names, which load straight into the base mo
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
+import warnings
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
+
+# PEFT imports bitsandbytes, whose CPU backend logs on import that it cannot fetch an optional
+# inference kernel from the hub; longctx never uses that kernel (modeling.keep_4bit_weights_trainable).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 ATTENTION_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 TRAINABLE_PARAMS_FILE = "trainable_params.safetensors"
+LONGLORA_TRAINABLE_PARAMS_FILE = "trainable_params.bin"  # what LongLoRA's get_trainable_weights.py writes
+
+# How PEFT names things. A PeftModel's parameter is `base_model.model.<base name>`; LoRA adds
+# `<layer>.lora_A.<adapter>.weight` and moves the layer's own weight to `<layer>.base_layer.weight`;
+# on disk the adapter name is dropped (`<layer>.lora_A.weight`). Training wrappers add a leading
+# `module.` (DDP, DeepSpeed) or `_orig_mod.` (torch.compile).
+PEFT_PREFIX = ("base_model", "model")
+LORA_PARTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
+WRAPPER_PARTS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
 
 
 def parse_names(names: str | list[str] | None) -> list[str]:
@@ -50,6 +68,82 @@ def mark_trainable(model: torch.nn.Module, trainable_params: str | list[str]) ->
     return names
 
 
+def parse_parameter_name(name: str) -> tuple[str, str, str | None]:
+    """Classify a (possibly PEFT-wrapped) parameter name by its dotted structure.
+
+    Returns (kind, key, adapter_name):
+    - ("lora", PEFT's on-disk adapter key, e.g. `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`,
+      the adapter name found in memory or None);
+    - ("base", the base model's parameter name, e.g. `model.layers.0.self_attn.q_proj.weight`, None);
+    - ("copy", name, None) for PEFT's frozen `original_module` copies, which belong to neither.
+    """
+    parts = [part for part in name.split(".") if part not in WRAPPER_PARTS]
+    while parts and parts[0] == "module":
+        parts = parts[1:]
+    if tuple(parts[:2]) == PEFT_PREFIX:
+        parts = parts[2:]
+    for index, part in enumerate(parts):
+        if part in LORA_PARTS:
+            module, rest = parts[:index], parts[index + 1 :]
+            adapter_name = None
+            if rest and rest[0] not in ("weight", "bias"):  # in memory: lora_A.<adapter>.weight
+                adapter_name, rest = rest[0], rest[1:]
+            return "lora", ".".join([*PEFT_PREFIX, *module, part, *rest]), adapter_name
+        if part == "original_module":
+            return "copy", name, None
+        if part == "modules_to_save":  # PEFT's trained copy of a whole module: <module>.modules_to_save.<adapter>.*
+            parts = parts[:index] + parts[index + 2 :]
+            break
+    return "base", ".".join(part for part in parts if part != "base_layer"), None
+
+
+def base_parameter_name(name: str) -> str:
+    """The base model's name for a parameter of a model with LoRA layers injected (drops `base_layer`)."""
+    kind, key, _ = parse_parameter_name(name)
+    return key if kind == "base" else name
+
+
+def lora_module_name(adapter_key: str) -> str:
+    """`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` -> `model.layers.0.self_attn.q_proj`."""
+    parts = adapter_key.split(".")
+    if tuple(parts[:2]) == PEFT_PREFIX:
+        parts = parts[2:]
+    index = next(i for i, part in enumerate(parts) if part in LORA_PARTS)
+    return ".".join(parts[:index])
+
+
+def check_adapter_fits(model: torch.nn.Module, adapter_state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Every LoRA weight must sit on a layer of `model` with matching input and output sizes.
+
+    PEFT itself loads mismatched names silently (the LoRA stays at zero) and mismatched shapes with a
+    long traceback; an adapter trained on another base model fails here with one line instead.
+    """
+    base = base_model_of(model)
+    if not adapter_state:
+        raise ValueError(f"{source}: the adapter holds no LoRA weights")
+    for key, tensor in adapter_state.items():
+        kind, _, _ = parse_parameter_name(key)
+        if kind != "lora":
+            continue
+        module_name = lora_module_name(key)
+        try:
+            module = base.get_submodule(module_name)
+        except AttributeError:
+            message = f"{source}: adapter weight {key} targets {module_name}, which this base model lacks"
+            raise ValueError(message) from None
+        module = getattr(module, "base_layer", module)
+        if not hasattr(module, "in_features") or tensor.dim() != 2:
+            continue
+        part = next(p for p in key.split(".") if p in LORA_PARTS)
+        expected = {"lora_A": module.in_features, "lora_B": module.out_features}.get(part)
+        actual = tensor.shape[1] if part == "lora_A" else tensor.shape[0]
+        if expected is not None and actual != expected:
+            raise ValueError(
+                f"{source}: adapter built for another base model: {key} has shape {tuple(tensor.shape)}, "
+                f"but {module_name} is {module.in_features} -> {module.out_features}"
+            )
+
+
 def setup_lora(
     model,
     r: int = 8,
@@ -58,7 +152,14 @@ def setup_lora(
     target: str | list[str] = "q_proj,k_proj,v_proj,o_proj",
     trainable_params: str | list[str] = "embed,norm",
 ):
-    """Wrap `model` for LoRA+ training: a PEFT LoRA adapter plus the named full-rank parameters."""
+    """Wrap `model` for LoRA+ training: a PEFT LoRA adapter plus the named full-rank parameters.
+
+    A 4-bit (QLoRA) model is first prepared by PEFT's `prepare_model_for_kbit_training` (non-quantized
+    weights in float32, everything frozen); gradient checkpointing stays with the Trainer's flags.
+    The embeddings and norms then train at full precision as in LoRA+ (LongQLoRA).
+    """
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
@@ -80,45 +181,102 @@ def base_model_of(model) -> torch.nn.Module:
 def trainable_state_dict(model) -> dict[str, torch.Tensor]:
     """Trainable non-LoRA weights under the base model's parameter names (e.g. model.norm.weight)."""
     return {
-        name: parameter.detach().cpu().contiguous()
+        base_parameter_name(name): parameter.detach().cpu().contiguous()
         for name, parameter in base_model_of(model).named_parameters()
         if parameter.requires_grad and "lora_" not in name
     }
 
 
+def save_safetensors_atomic(state: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """Write a safetensors file through a temporary sibling, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        # clone: tied weights share storage, which safetensors refuses to write twice
+        tensors = {name: tensor.clone().contiguous() for name, tensor in state.items()}
+        save_file(tensors, temporary, metadata={"format": "pt"})
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def save_trainable_params(model, folder: str | Path) -> Path | None:
-    """Write `trainable_params.safetensors` into `folder` (nothing when LoRA alone is trained)."""
+    """Write `trainable_params.safetensors` into `folder` (nothing when LoRA alone is trained).
+
+    Under DeepSpeed ZeRO-3 each process holds only a slice of the larger weights (empty tensors
+    here); no file is written then, rather than one that silently lacks the embeddings:
+    get_trainable_weights.py rebuilds them from the DeepSpeed checkpoint.
+    """
     state = trainable_state_dict(model)
     if not state:
         return None
-    path = Path(folder) / TRAINABLE_PARAMS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    save_file(state, str(temporary), metadata={"format": "pt"})
-    temporary.replace(path)
-    return path
+    partitioned = [name for name, tensor in state.items() if tensor.numel() == 0]
+    if partitioned:
+        warnings.warn(
+            f"{partitioned[0]} is partitioned by ZeRO-3, so {TRAINABLE_PARAMS_FILE} is not written to {folder}; "
+            "run get_trainable_weights.py on the checkpoint to rebuild it",
+            stacklevel=2,
+        )
+        return None
+    return save_safetensors_atomic(state, Path(folder) / TRAINABLE_PARAMS_FILE)
+
+
+def trainable_params_path(folder: str | Path) -> Path | None:
+    """The trainable params file in an adapter folder: ours, else LongLoRA's `trainable_params.bin`."""
+    for name in (TRAINABLE_PARAMS_FILE, LONGLORA_TRAINABLE_PARAMS_FILE):
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors or a PyTorch .bin file (tensors only, never arbitrary pickles)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torn, truncated or foreign files fail in many library-specific ways
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot read {path}: {reason}") from None
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise ValueError(f"cannot read {path}: it is not a state dict of tensors")
+    return state
+
+
+def check_trainable_params(model, state: dict[str, torch.Tensor], source: str | Path) -> dict[str, torch.nn.Parameter]:
+    """Every name must exist in the base model with the same shape; returns the matching parameters."""
+    parameters = {base_parameter_name(name): p for name, p in base_model_of(model).named_parameters()}
+    for name, tensor in state.items():
+        if name not in parameters:
+            raise ValueError(f"{source}: parameter {name} does not exist in this model")
+        if parameters[name].shape != tensor.shape:
+            raise ValueError(
+                f"{source}: {name} has shape {tuple(tensor.shape)}, the model has {tuple(parameters[name].shape)}"
+            )
+    return parameters
 
 
 def load_trainable_params(model, path: str | Path) -> list[str]:
     """Load a `trainable_params.safetensors` file (or the one in a folder) into the base model.
 
-    Every name must exist with the same shape, so weights from another base model fail loudly.
+    A folder may hold LongLoRA's `trainable_params.bin` instead. Every name must exist with the same
+    shape, so weights from another base model fail loudly.
     """
     path = Path(path)
     if path.is_dir():
-        path = path / TRAINABLE_PARAMS_FILE
+        path = trainable_params_path(path) or path / TRAINABLE_PARAMS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"trainable params file not found: {path}")
-    state = load_file(str(path))
-    parameters = dict(base_model_of(model).named_parameters())
-    for name, tensor in state.items():
-        if name not in parameters:
-            raise ValueError(f"{path}: parameter {name} does not exist in this model")
-        if parameters[name].shape != tensor.shape:
-            raise ValueError(
-                f"{path}: {name} has shape {tuple(tensor.shape)}, the model has {tuple(parameters[name].shape)}"
-            )
-        with torch.no_grad():
+    state = read_weights_file(path)
+    parameters = check_trainable_params(model, state, path)
+    with torch.no_grad():
+        for name, tensor in state.items():
             parameters[name].copy_(tensor)
     return list(state)
 

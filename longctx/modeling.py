@@ -113,6 +113,43 @@ def load_tokenizer(model_path: str):
     return tokenizer
 
 
+def quantization_config_4bit(compute_dtype: str | torch.dtype = "bfloat16"):
+    """QLoRA's 4-bit setting (Dettmers et al. 2023; LongQLoRA): NF4 weights, double-quantized scales.
+
+    Matmuls dequantize to `compute_dtype`. bitsandbytes >= 0.46 runs this on CPU as well as CUDA.
+    """
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("--load_in_4bit needs bitsandbytes: pip install 'bitsandbytes>=0.46,<1'")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=parse_dtype(compute_dtype),
+    )
+
+
+def quantized_device_map() -> dict:
+    """bitsandbytes places weights when they load: on this process's GPU (LOCAL_RANK under torchrun), else the CPU."""
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return {"": "cpu"}
+
+
+def keep_4bit_weights_trainable(model) -> None:
+    """Stop bitsandbytes (0.50) from repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, the first eval-mode forward repacks each layer in place (and undoes the
+    double quantization); the repacked kernel has no backward, so a model evaluated before training
+    (fine-tune.py's perplexity check) would silently stop passing gradients through its frozen
+    layers, and LoRA weights below them would get none.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def load_model_and_tokenizer(
     model_name_or_path: str = DEFAULT_MODEL,
     dtype: str | torch.dtype = "float32",
@@ -121,25 +158,88 @@ def load_model_and_tokenizer(
     rope_options: dict | None = None,
     attn_implementation: str = "sdpa",
     device_map: str | dict | None = None,
+    load_in_4bit: bool = False,
+    compute_dtype: str | torch.dtype | None = None,
 ):
     """Load a causal LM and its tokenizer; with `context_size`, RoPE is rescaled before the weights load.
 
     RoPE tables are built when the model is constructed, so scaling must be written into the config
     first (as LongLoRA does). `rope_method` is one of longctx.rope's methods ("none" keeps the config).
+    `load_in_4bit` loads the linear layers as QLoRA's NF4 (`quantization_config_4bit`); `dtype` then
+    applies to the weights left unquantized (embeddings, norms).
     """
     model_path = resolve_model_path(model_name_or_path)
     config = AutoConfig.from_pretrained(model_path, local_files_only=True)
     if context_size is not None:
         extend_context(config, context_size, method=rope_method, **(rope_options or {}))
+    quantization_config = None
+    if load_in_4bit:
+        quantization_config = quantization_config_4bit(compute_dtype or dtype)
+        device_map = device_map or quantized_device_map()
     model = AutoModelForCausalLM.from_pretrained(
         model_path,
         config=config,
         dtype=parse_dtype(dtype),
         attn_implementation=attn_implementation,
         device_map=device_map,
+        quantization_config=quantization_config,
         local_files_only=True,
     )
+    if load_in_4bit:
+        keep_4bit_weights_trainable(model)
     tokenizer = load_tokenizer(model_path)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def load_for_inference(
+    base_model: str = DEFAULT_MODEL,
+    peft_model: str | os.PathLike | None = None,
+    context_size: int | None = None,
+    rope_method: str = "linear",
+    rope_options: dict | None = None,
+    dtype: str | torch.dtype = "float32",
+    attn_implementation: str = "sdpa",
+    device: str | torch.device | None = None,
+    **load_options,
+):
+    """A model to read with (evaluation, retrieval tests, inference): base + fine-tuned weights, eval mode.
+
+    `peft_model` is a folder written by fine-tune.py (LongLoRA's `--peft_model`): its
+    `trainable_params.safetensors` (embeddings and norms of LoRA+) are loaded into the base model, and
+    its PEFT adapter, when there is one, is merged into the weights, so the result is a plain
+    transformers model. RoPE is scaled for `context_size` first, as in training: pass the length
+    the adapter was trained at. `load_options` go to `load_model_and_tokenizer`.
+    """
+    from longctx.lora import TRAINABLE_PARAMS_FILE, load_trainable_params
+
+    model, tokenizer = load_model_and_tokenizer(
+        base_model,
+        dtype=dtype,
+        context_size=context_size,
+        rope_method=rope_method,
+        rope_options=rope_options,
+        attn_implementation=attn_implementation,
+        **load_options,
+    )
+    if peft_model is not None:
+        folder = Path(peft_model).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--peft_model {folder}: no such folder")
+        has_adapter = (folder / "adapter_config.json").is_file()
+        # LongLoRA's get_trainable_weights.py writes trainable_params.bin; load_trainable_params finds either.
+        has_trainable = any((folder / name).is_file() for name in (TRAINABLE_PARAMS_FILE, "trainable_params.bin"))
+        if not (has_adapter or has_trainable):
+            raise FileNotFoundError(
+                f"--peft_model {folder} holds neither adapter_config.json nor {TRAINABLE_PARAMS_FILE}"
+            )
+        if has_trainable:
+            load_trainable_params(model, folder)
+        if has_adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    if device is not None:
+        model.to(device)
+    return model.eval(), tokenizer

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from longctx.loss import DEFAULT_CHUNK_SIZE, causal_lm_loss
-from longctx.lora import load_trainable_params, save_trainable_params, trainable_state_dict
+from longctx.lora import base_model_of, load_trainable_params, save_trainable_params, trainable_state_dict
 
 
 class LongContextTrainer(Trainer):
@@ -44,13 +45,34 @@ class LongContextTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
 
+def gathered_trainable_params(model):
+    """Context in which every process holds the full trainable weights, even under DeepSpeed ZeRO-3.
+
+    ZeRO-3 leaves each process a slice of a weight (an empty tensor outside DeepSpeed's hooks); the
+    gather is collective, so every process must enter it. Without ZeRO-3 it does nothing.
+    """
+    partitioned = [p for p in base_model_of(model).parameters() if p.requires_grad and hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
+
+
+def save_trainable_params_from_all_processes(model, folder: str | Path, is_main_process: bool) -> None:
+    """`save_trainable_params` for distributed runs: all processes gather, the main one writes."""
+    with gathered_trainable_params(model):
+        if is_main_process:
+            save_trainable_params(model, folder)
+
+
 class SaveTrainableParamsCallback(TrainerCallback):
     """Write trainable_params.safetensors into every checkpoint folder the Trainer saves."""
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero and model is not None and trainable_state_dict(model):
+        if model is not None and trainable_state_dict(model):
             checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            save_trainable_params(model, checkpoint)
+            save_trainable_params_from_all_processes(model, checkpoint, state.is_world_process_zero)
         return control
 
 
@@ -68,7 +90,10 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_
     return resume_from_checkpoint
 
 
-def restore_trainable_params(model, checkpoint: str) -> None:
-    """PEFT checkpoints restore only the adapter; load the embeddings/norms saved beside it."""
-    if trainable_state_dict(model):
+def restore_trainable_params(model, checkpoint: str, deepspeed: bool = False) -> None:
+    """PEFT checkpoints restore only the adapter; load the embeddings/norms saved beside it.
+
+    DeepSpeed checkpoints hold the whole module state and DeepSpeed restores it, so nothing is done then.
+    """
+    if trainable_state_dict(model) and not deepspeed:
         load_trainable_params(model, checkpoint)

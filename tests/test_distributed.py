@@ -43,3 +43,15 @@ def test_torchrun_two_processes(tiny_model_dir, tmp_path):
 def test_deepspeed_zero2(tiny_model_dir, tmp_path):
     torchrun(2, "--model_name_or_path", tiny_model_dir, "--output_dir", tmp_path, "--deepspeed", ROOT / "ds_configs" / "stage2.json", *COMMON)
     check_outputs(tmp_path)
+
+
+def test_deepspeed_zero3_saves_whole_trainable_weights(tiny_model_dir, tmp_path):
+    """ZeRO-3 partitions every weight across processes; the saved embeddings must still be whole."""
+    completed = torchrun(2, "--model_name_or_path", tiny_model_dir, "--output_dir", tmp_path, "--deepspeed", ROOT / "ds_configs" / "stage3.json", *COMMON)
+    assert "no before/after perplexity check" in completed.stdout
+    vocab_size = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
+    for folder in (tmp_path, tmp_path / "checkpoint-2"):
+        embed = load_file(folder / "trainable_params.safetensors")["model.embed_tokens.weight"]
+        assert embed.shape == (vocab_size, 64)
+        adapter = load_file(folder / "adapter_model.safetensors")
+        assert adapter and all(tensor.numel() > 0 for tensor in adapter.values())

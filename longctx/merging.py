@@ -1,0 +1,124 @@
+"""Fold LoRA adapters and LoRA+ trainable weights into a base model and save it as a plain HF model.
+
+Each adapter folder is applied in order, as Gradient merged its Llama-3 1048k adapters stage by stage
+and as LongLoRA's merge script does for one: the folder's trainable params (embeddings, norms)
+replace the current weights, then its LoRA deltas are merged (`merge_and_unload`), and the result is
+the base of the next folder. Trainable params come first because a stage trained its LoRA on top of
+its own full-rank weights.
+
+Two things LongLoRA's merge got wrong and this module refuses to repeat: a folder without its
+trainable params merged silently (LoRA+ weights lost, so the model degrades), and the RoPE scaling
+was not written into the saved config, so the merged model read long inputs with the wrong positions.
+Here the base is loaded with the scaling for `context_size` already in its config, which
+`save_pretrained` then keeps, and a `context_size` below the base window or below the length an
+adapter was trained at (fine-tune.py's results file) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from peft import PeftModel
+from peft.utils import load_peft_weights
+from transformers import AutoConfig
+
+from longctx.checkpoints import ADAPTER_CONFIG_FILE
+from longctx.extract_lora import REPORT_FILE as EXTRACTION_REPORT_FILE
+from longctx.lora import TRAINABLE_PARAMS_FILE, check_adapter_fits, load_trainable_params, trainable_params_path
+from longctx.modeling import _atomic_save, load_model_and_tokenizer, resolve_model_path
+from longctx.rope import context_window
+
+TRAINING_RESULTS_FILE = "fine-tune-results.json"  # written by fine-tune.py beside its adapter
+
+
+def check_adapter_folder(folder: str | Path, require_trainable_params: bool = True) -> Path:
+    """Fail early, before any model loads, on a folder that is not a complete adapter."""
+    folder = Path(folder)
+    if not (folder / ADAPTER_CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{folder} is not a PEFT adapter folder: no {ADAPTER_CONFIG_FILE}")
+    if require_trainable_params and trainable_params_path(folder) is None:
+        raise FileNotFoundError(
+            f"{folder} has no {TRAINABLE_PARAMS_FILE}: run get_trainable_weights.py on the checkpoint first, "
+            "or pass --require_trainable_params False for a LoRA-only adapter"
+        )
+    return folder
+
+
+def trained_length(folder: str | Path) -> int | None:
+    """The length an adapter was made for: fine-tune.py's results file (beside it or one folder up),
+    or the tuned model's window recorded by longctx.extract_lora; None when neither is there."""
+    folder = Path(folder)
+    candidates = [
+        (folder / TRAINING_RESULTS_FILE, "model_max_length"),
+        (folder.parent / TRAINING_RESULTS_FILE, "model_max_length"),
+        (folder / EXTRACTION_REPORT_FILE, "tuned_context_window"),
+    ]
+    for path, key in candidates:
+        if path.is_file():
+            try:
+                return int(json.loads(path.read_text())[key])
+            except (ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
+def read_adapter_weights(folder: Path) -> dict:
+    """The adapter's LoRA weights under PEFT's on-disk names; an unreadable file is one ValueError."""
+    try:
+        return load_peft_weights(str(folder), device="cpu")
+    except Exception as error:  # missing or torn weights fail inside PEFT/safetensors in several ways
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot read the adapter weights in {folder}: {reason}") from None
+
+
+def merge_adapters(model, adapter_folders: list[str | Path], require_trainable_params: bool = True):
+    """Apply each folder's trainable params then merge its LoRA, in order; returns the plain merged model."""
+    for folder in adapter_folders:
+        folder = check_adapter_folder(folder, require_trainable_params)
+        check_adapter_fits(model, read_adapter_weights(folder), folder)
+        if trainable_params_path(folder) is not None:
+            load_trainable_params(model, folder)
+        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    return model
+
+
+def merge_and_save(
+    base_model: str,
+    adapter_folders: list[str | Path],
+    context_size: int,
+    save_path: str | Path,
+    dtype: str = "float32",
+    rope_method: str = "linear",
+    rope_options: dict | None = None,
+    require_trainable_params: bool = True,
+) -> Path:
+    """Merge `adapter_folders` into `base_model` with RoPE scaled for `context_size`; save model + tokenizer.
+
+    `save_path` appears complete or not at all (written to a temporary sibling, then renamed).
+    """
+    save_path = Path(save_path)
+    if save_path.exists() and (not save_path.is_dir() or any(save_path.iterdir())):
+        raise ValueError(f"--save_path {save_path} already exists and is not empty; choose a new folder")
+    if not adapter_folders:
+        raise ValueError("--peft_model needs at least one adapter folder")
+    for folder in adapter_folders:
+        check_adapter_folder(folder, require_trainable_params)
+    model_path = resolve_model_path(base_model)
+    window = context_window(AutoConfig.from_pretrained(model_path, local_files_only=True))
+    if context_size < window:
+        raise ValueError(f"--context_size {context_size} is below the base model's window of {window} tokens")
+    for folder in adapter_folders:
+        length = trained_length(folder)
+        if length is not None and context_size < length:
+            raise ValueError(
+                f"--context_size {context_size} is below the {length} tokens {folder} was trained at: "
+                "its RoPE scaling would be lost"
+            )
+    model, tokenizer = load_model_and_tokenizer(
+        model_path, dtype=dtype, context_size=context_size, rope_method=rope_method, rope_options=rope_options
+    )
+    model = merge_adapters(model, adapter_folders, require_trainable_params)
+    tokenizer.model_max_length = context_size
+    _atomic_save(model, tokenizer, save_path)
+    return save_path

@@ -1,0 +1,71 @@
+"""Merge LoRA adapter(s) and LoRA+ trainable weights into a base model; save a plain HF model.
+
+Each --peft_model folder (adapter_model.safetensors, adapter_config.json, trainable_params.safetensors,
+as fine-tune.py and get_trainable_weights.py write them) is applied in the order given. The saved
+config carries the RoPE scaling for --context_size, so the merged model reads long inputs as is.
+The save is atomic: on any error no --save_path folder is left behind.
+
+    python merge_lora_weights_and_save_hf_model.py --base_model smollm2 \
+        --peft_model outputs/smollm2-16k --context_size 16384 --save_path outputs/smollm2-16k-merged
+
+Several stages in order (Gradient's 1048k recipe), in bfloat16 for a large model:
+    python merge_lora_weights_and_save_hf_model.py --base_model path/to/Llama-3-8B-Instruct \
+        --peft_model outputs/stage-65k outputs/stage-262k --context_size 262144 --rope_method theta \
+        --dtype bfloat16 --save_path outputs/llama3-262k
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import AutoConfig
+
+from longctx.cli import parse_dataclasses, run_cli
+from longctx.merging import merge_and_save
+from longctx.modeling import DTYPES
+from longctx.rope import ROPE_METHODS, context_window
+
+
+@dataclass
+class Arguments:
+    peft_model: list[str] = field(metadata={"help": "adapter folder(s), merged in the order given"})
+    context_size: int = field(metadata={"help": "context length the merged model is for (RoPE is scaled to it)"})
+    save_path: str = field(metadata={"help": "new folder for the merged model and tokenizer"})
+    base_model: str = field(default="smollm2", metadata={"help": "'smollm2', a local HF folder or a cached hub id"})
+    dtype: str = field(default="float32", metadata={"help": f"dtype to merge and save in: {', '.join(DTYPES)}"})
+    rope_method: str = field(
+        default="linear", metadata={"help": f"RoPE scaling used in training: {', '.join(ROPE_METHODS)}"}
+    )
+    rope_factor: float | None = field(
+        default=None, metadata={"help": "RoPE factor used in training (default: from --context_size)"}
+    )
+    require_trainable_params: bool = field(
+        default=True, metadata={"help": "refuse adapter folders without trainable_params (False: LoRA-only adapters)"}
+    )
+
+    def __post_init__(self):
+        if self.context_size <= 0:
+            raise ValueError(f"--context_size must be positive (got {self.context_size})")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype {self.dtype} is not one of {', '.join(DTYPES)}")
+        if self.rope_method not in ROPE_METHODS:
+            raise ValueError(f"--rope_method {self.rope_method} is not one of {', '.join(ROPE_METHODS)}")
+
+
+def main():
+    (args,) = parse_dataclasses((Arguments,), __doc__)
+    save_path = merge_and_save(
+        args.base_model,
+        args.peft_model,
+        args.context_size,
+        args.save_path,
+        dtype=args.dtype,
+        rope_method=args.rope_method,
+        rope_options=None if args.rope_factor is None else {"factor": args.rope_factor},
+        require_trainable_params=args.require_trainable_params,
+    )
+    config = AutoConfig.from_pretrained(save_path)
+    print(f"merged {len(args.peft_model)} adapter(s) into {args.base_model}; saved to {save_path}")
+    print(f"rope_parameters: {config.rope_parameters}; window {context_window(config)} tokens")
+
+
+if __name__ == "__main__":
+    run_cli(main)
