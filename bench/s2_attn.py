@@ -6,6 +6,7 @@ Prints markdown tables; results also go to --output_json.
     python bench/s2_attn.py                                   # attention op 2k-32k + SmolLM2 step at 8k, 16k
     python bench/s2_attn.py --suite attention --seq_lens 2048,4096
     python bench/s2_attn.py --suite train --train_seq_lens 8192 --device cuda --dtype bfloat16
+    python bench/s2_attn.py --suite qlora --train_seq_lens 4096     # S²-Attn LoRA+ step: bf16 base vs NF4 (QLoRA)
 
 SmolLM2-135M's attention shape is used for the op: 9 query heads, 3 key/value heads, head_dim 64.
 """
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=["all", "attention", "train"], default="all")
+    parser.add_argument("--suite", choices=["all", "attention", "train", "qlora"], default="all")
     parser.add_argument("--seq_lens", default="2048,4096,8192,16384,32768", help="attention-op lengths")
     parser.add_argument("--train_seq_lens", default="8192,16384", help="training-step lengths")
     parser.add_argument("--group_size_ratio", type=float, default=0.25)
@@ -84,8 +85,22 @@ def attention_worker(impl: str, seq_len: int, args) -> dict:
     return result
 
 
-def train_worker(impl: str, seq_len: int, args) -> dict:
-    """One LoRA+ optimizer step of the real model (gradient checkpointing, chunked loss)."""
+def reset_peak_rss() -> None:
+    """Linux: restart the process's peak resident memory (VmHWM) from its current size."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mib() -> float:
+    """Linux: the process's peak resident memory (VmHWM) since start or the last reset."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def train_worker(impl: str, seq_len: int, args, dtype: str | None = None, load_in_4bit: bool = False) -> dict:
+    """One LoRA+ optimizer step of the real model (gradient checkpointing, chunked loss).
+
+    `load_in_4bit` loads the base as QLoRA's NF4 with `dtype` as compute dtype (LongQLoRA's setup).
+    """
     import torch
 
     from longctx.attention import enable_s2_attn
@@ -94,8 +109,12 @@ def train_worker(impl: str, seq_len: int, args) -> dict:
     from longctx.lora import setup_lora
     from longctx.modeling import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, context_size=seq_len, device_map=None)
-    model.to(args.device)
+    dtype = dtype or args.dtype
+    model, tokenizer = load_model_and_tokenizer(
+        args.model, dtype=dtype, context_size=seq_len, load_in_4bit=load_in_4bit, compute_dtype=dtype
+    )
+    if not load_in_4bit:  # 4-bit weights are placed at load time
+        model.to(args.device)
     if impl == "s2":
         enable_s2_attn(model, group_size_ratio=args.group_size_ratio, use_flash_attn=args.attn == "flash")
     model = setup_lora(model, trainable_params="embed,norm")
@@ -114,10 +133,11 @@ def train_worker(impl: str, seq_len: int, args) -> dict:
 
     step(input_ids[:, :512])  # warm-up: lazy initialisation, allocator
     synchronize(args.device)
+    reset_peak_rss()  # so the step's own peak is seen apart from loading the model
     began = time.perf_counter()
     loss = step(input_ids)
     synchronize(args.device)
-    result = {"seconds": time.perf_counter() - began, "loss": loss}
+    result = {"seconds": time.perf_counter() - began, "loss": loss, "step_peak_rss_mib": peak_rss_mib()}
     if args.device.startswith("cuda"):
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result
@@ -138,13 +158,14 @@ def run_in_subprocess(suite: str, impl: str, seq_len: int, argv: list[str]) -> d
 
 
 def table(title: str, rows: list[dict], baseline: str = "full") -> str:
-    lines = [f"### {title}", "", "| seq_len | impl | seconds | ratio vs full | peak RSS MiB | peak GPU MiB |", "|---|---|---|---|---|---|"]
+    lines = [f"### {title}", "", f"| seq_len | impl | seconds | ratio vs {baseline} | peak RSS MiB | step peak RSS MiB | peak GPU MiB |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         full = next((r for r in rows if r["seq_len"] == row["seq_len"] and r["impl"] == baseline), None)
         ratio = row["seconds"] / full["seconds"] if full and "seconds" in row and "seconds" in full else float("nan")
         seconds = f"{row['seconds']:.3f}" if "seconds" in row else row.get("error", "-")
         gpu = f"{row['peak_gpu_mib']:.0f}" if "peak_gpu_mib" in row else "-"
-        lines.append(f"| {row['seq_len']} | {row['impl']} | {seconds} | {ratio:.2f} | {row.get('peak_rss_mib', 0):.0f} | {gpu} |")
+        step_rss = f"{row['step_peak_rss_mib']:.0f}" if "step_peak_rss_mib" in row else "-"
+        lines.append(f"| {row['seq_len']} | {row['impl']} | {seconds} | {ratio:.2f} | {row.get('peak_rss_mib', 0):.0f} | {step_rss} | {gpu} |")
     return "\n".join(lines)
 
 
@@ -153,22 +174,25 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         suite, impl, seq_len = args.worker.split(":")
-        worker = attention_worker if suite == "attention" else train_worker
-        print(json.dumps(worker(impl, int(seq_len), args)))
+        if suite == "qlora":  # impl is the base weights' format; S²-Attn LoRA+ in bfloat16 either way
+            result = train_worker("s2", int(seq_len), args, dtype="bfloat16", load_in_4bit=impl == "nf4")
+        else:
+            result = (attention_worker if suite == "attention" else train_worker)(impl, int(seq_len), args)
+        print(json.dumps(result))
         return
     import torch
 
     results = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                f"torch {torch.__version__}, threads {torch.get_num_threads()}",
                "device": args.device, "dtype": args.dtype, "group_size_ratio": args.group_size_ratio,
-               "command": "python bench/s2_attn.py " + " ".join(argv), "attention": [], "train": []}
+               "command": "python bench/s2_attn.py " + " ".join(argv), "attention": [], "train": [], "qlora": []}
     if args.device.startswith("cuda"):
         results["machine"] += f", GPU {torch.cuda.get_device_name()}"
     suites = ["attention", "train"] if args.suite == "all" else [args.suite]
     for suite in suites:
         lengths = args.seq_lens if suite == "attention" else args.train_seq_lens
         for seq_len in map(int, lengths.split(",")):
-            for impl in ("full", "s2"):
+            for impl in ("bf16", "nf4") if suite == "qlora" else ("full", "s2"):
                 row = {"seq_len": seq_len, "impl": impl, **run_in_subprocess(suite, impl, seq_len, argv)}
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 results[suite].append(row)
@@ -177,6 +201,9 @@ def main(argv=None):
         print(table("Attention op, forward + backward (9 heads, 3 kv heads, head_dim 64)", results["attention"]) + "\n")
     if results["train"]:
         print(table("LoRA+ training step of SmolLM2 (gradient checkpointing, chunked loss)", results["train"]) + "\n")
+    if results["qlora"]:
+        title = "S²-Attn LoRA+ training step of SmolLM2, bfloat16 base vs NF4 base (QLoRA)"
+        print(table(title, results["qlora"], baseline="bf16") + "\n")
     if args.output_json:
         from longctx.io import write_json_atomic
 
