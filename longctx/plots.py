@@ -1,0 +1,110 @@
+"""Figures and tables of evaluation results: perplexity and accuracy against length, depth x length heatmaps.
+
+Figures are drawn with matplotlib's object API on the Agg canvas (no display, no global backend
+switch) and written atomically, like every other result file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A Markdown table, so printed results paste straight into bench/RESULTS.md."""
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _new_figure(width: float = 6.4, height: float = 4.2):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=120)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure, path: str | Path) -> Path:
+    """Write a PNG through a temporary sibling file, so no half-written image is left behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".png", dir=path.parent)
+    os.close(handle)
+    try:
+        figure.savefig(temporary, format="png", bbox_inches="tight")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _length_axis(axes, lengths: Sequence[int]) -> None:
+    if len(lengths) > 1 and max(lengths) / min(lengths) >= 4:
+        axes.set_xscale("log", base=2)
+    axes.set_xticks(list(lengths))
+    axes.set_xticklabels([f"{length // 1024}k" if length % 1024 == 0 else str(length) for length in lengths])
+    axes.set_xlabel("context length (tokens)")
+
+
+def plot_perplexity(results: Sequence[dict], path: str | Path, title: str | None = None) -> Path:
+    """Perplexity against `seq_len`, one line per scoring."""
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    for scoring in dict.fromkeys(result.get("scoring", "") for result in results):
+        points = sorted((r["seq_len"], r["perplexity"]) for r in results if r.get("scoring", "") == scoring)
+        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=scoring or None)
+    _length_axis(axes, sorted({r["seq_len"] for r in results}))
+    axes.set_ylabel("perplexity")
+    axes.grid(True, alpha=0.3)
+    if len({r.get("scoring", "") for r in results}) > 1:
+        axes.legend()
+    if title:
+        axes.set_title(title, fontsize=10)
+    return save_figure(figure, path)
+
+
+def plot_accuracy(lengths: Sequence[int], accuracies: Sequence[float], path: str | Path, title: str | None = None) -> Path:
+    """Retrieval accuracy (0-1) against prompt length."""
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    axes.plot(list(lengths), list(accuracies), marker="o")
+    _length_axis(axes, list(lengths))
+    axes.set_ylim(-0.05, 1.05)
+    axes.set_ylabel("accuracy")
+    axes.grid(True, alpha=0.3)
+    if title:
+        axes.set_title(title, fontsize=10)
+    return save_figure(figure, path)
+
+
+def plot_heatmap(
+    accuracy: Sequence[Sequence[float]],
+    depths: Sequence[float],
+    lengths: Sequence[int],
+    path: str | Path,
+    title: str | None = None,
+) -> Path:
+    """Accuracy per (depth, length) cell: depths (fractions) down, lengths across, red 0 to green 1."""
+    figure = _new_figure(max(4.0, 1.0 + 0.7 * len(lengths)), max(3.0, 1.0 + 0.4 * len(depths)))
+    axes = figure.add_subplot()
+    accuracy = [[float("nan") if value is None else value for value in row] for row in accuracy]
+    image = axes.imshow(accuracy, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    axes.set_xticks(range(len(lengths)))
+    axes.set_xticklabels([str(length) for length in lengths], rotation=45)
+    axes.set_yticks(range(len(depths)))
+    axes.set_yticklabels([f"{100 * depth:g}%" for depth in depths])
+    axes.set_xlabel("context length (tokens)")
+    axes.set_ylabel("depth of the needle")
+    for row, values in enumerate(accuracy):
+        for column, value in enumerate(values):
+            if value == value:  # not NaN
+                axes.text(column, row, f"{value:.2g}", ha="center", va="center", fontsize=7)
+    figure.colorbar(image, ax=axes, label="accuracy")
+    if title:
+        axes.set_title(title, fontsize=10)
+    return save_figure(figure, path)
