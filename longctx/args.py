@@ -19,13 +19,11 @@ def _help(text: str, **kwargs) -> dict:
 
 
 @dataclass
-class ModelArguments:
-    model_name_or_path: str = _help(
-        f"'{DEFAULT_MODEL}' (bundled SmolLM2-135M-Instruct), a local HF folder, a .gguf file or a cached hub id",
-        default=DEFAULT_MODEL,
-    )
+class LoadingArguments:
+    """How any script loads its model: dtype, RoPE scaling and QLoRA's 4-bit base (shared by all scripts)."""
+
     dtype: str = _help(f"weights dtype: {', '.join(DTYPES)} (float32 is fastest on CPU)", default="float32")
-    rope_method: str = _help(f"RoPE scaling to reach the new length: {', '.join(ROPE_METHODS)}", default="linear")
+    rope_method: str = _help(f"RoPE scaling to reach the target length: {', '.join(ROPE_METHODS)}", default="linear")
     rope_factor: float | None = _help("override the RoPE scaling factor (default: from the target length)", default=None)
     load_in_4bit: bool = _help("QLoRA: base linear weights in 4-bit NF4, double-quantized (bitsandbytes)", default=False)
     bnb_4bit_compute_dtype: str | None = _help("dtype the 4-bit matmuls compute in (default: --dtype)", default=None)
@@ -47,6 +45,16 @@ class ModelArguments:
     def quantization_options(self) -> dict:
         """`load_model_and_tokenizer` keywords for --load_in_4bit."""
         return {"load_in_4bit": self.load_in_4bit, "compute_dtype": self.bnb_4bit_compute_dtype}
+
+
+@dataclass
+class ModelArguments(LoadingArguments):
+    """The model a training script starts from."""
+
+    model_name_or_path: str = _help(
+        f"'{DEFAULT_MODEL}' (bundled SmolLM2-135M-Instruct), a local HF folder, a .gguf file or a cached hub id",
+        default=DEFAULT_MODEL,
+    )
 
 
 @dataclass
@@ -145,7 +153,7 @@ def _positive_ints(flag: str, text: str) -> list[int]:
 
 
 @dataclass
-class InferenceModelArguments:
+class InferenceModelArguments(LoadingArguments):
     """The model a reading script loads: LongLoRA's --base_model/--peft_model/--context_size plus RoPE scaling."""
 
     base_model: str = _help(
@@ -160,23 +168,12 @@ class InferenceModelArguments:
         "context length the model was fine-tuned for; RoPE is scaled to reach it (default: the longest length tested)",
         default=None,
     )
-    rope_method: str = _help(f"RoPE scaling to reach --context_size: {', '.join(ROPE_METHODS)}", default="linear")
-    rope_factor: float | None = _help("override the RoPE scaling factor (default: from --context_size)", default=None)
-    dtype: str = _help(f"weights dtype: {', '.join(DTYPES)} (float32 is fastest on CPU)", default="float32")
     flash_attn: bool = _help("use flash-attn 2 (CUDA only; falls back to SDPA)", default=False)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.context_size is not None and self.context_size <= 0:
             raise ValueError(f"--context_size must be positive (got {self.context_size})")
-        if self.rope_method not in ROPE_METHODS:
-            raise ValueError(f"--rope_method {self.rope_method} is not one of {', '.join(ROPE_METHODS)}")
-        if self.rope_factor is not None and self.rope_factor < 1:
-            raise ValueError(f"--rope_factor must be at least 1 (got {self.rope_factor})")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype {self.dtype} is not one of {', '.join(DTYPES)}")
-
-    def rope_options(self) -> dict:
-        return {} if self.rope_factor is None else {"factor": self.rope_factor}
 
     def load_options(self, longest_length: int) -> dict:
         """Keyword arguments of longctx.modeling.load_for_inference; RoPE reaches `longest_length` by default."""
@@ -190,6 +187,7 @@ class InferenceModelArguments:
             "rope_options": self.rope_options(),
             "dtype": self.dtype,
             "attn_implementation": "flash_attention_2" if self.flash_attn and flash_attn_available() else "sdpa",
+            **self.quantization_options(),
         }
 
 

@@ -20,9 +20,6 @@ error below 1e-6 once stored in float32.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,7 +28,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 
 from longctx.cli import parse_dataclasses, run_cli
-from longctx.io import write_json_atomic
+from longctx.io import atomic_folder, write_json_atomic
 from longctx.lora import PEFT_PREFIX, TRAINABLE_PARAMS_FILE, parse_names, save_safetensors_atomic
 from longctx.modeling import DTYPES, parse_dtype, resolve_model_path
 from longctx.rope import context_window, rope_parameters
@@ -147,17 +144,12 @@ def load_weights(model_name_or_path: str) -> torch.nn.Module:
 
 def save_extracted(save_path: Path, adapter, trainable, config: LoraConfig, report: dict) -> Path:
     """Write the adapter folder through a temporary sibling, renamed into place only when complete."""
-    save_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=save_path.name + ".", dir=save_path.parent))
-    try:
+    with atomic_folder(save_path) as staging:
         save_safetensors_atomic(adapter, staging / "adapter_model.safetensors")
         config.save_pretrained(staging)
         if trainable:
             save_safetensors_atomic(trainable, staging / TRAINABLE_PARAMS_FILE)
         write_json_atomic(staging / REPORT_FILE, report)
-        os.replace(staging, save_path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return save_path
 
 

@@ -9,8 +9,6 @@ under the base model's own parameter names, which load straight into the base mo
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -22,6 +20,8 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
+
+from longctx.io import atomic_file  # noqa: E402
 
 ATTENTION_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 TRAINABLE_PARAMS_FILE = "trainable_params.safetensors"
@@ -189,19 +189,11 @@ def trainable_state_dict(model) -> dict[str, torch.Tensor]:
 
 def save_safetensors_atomic(state: dict[str, torch.Tensor], path: str | Path) -> Path:
     """Write a safetensors file through a temporary sibling, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        # clone: tied weights share storage, which safetensors refuses to write twice
-        tensors = {name: tensor.clone().contiguous() for name, tensor in state.items()}
-        save_file(tensors, temporary, metadata={"format": "pt"})
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    # clone: tied weights share storage, which safetensors refuses to write twice
+    tensors = {name: tensor.clone().contiguous() for name, tensor in state.items()}
+    with atomic_file(path) as temporary:
+        save_file(tensors, str(temporary), metadata={"format": "pt"})
+    return Path(path)
 
 
 def save_trainable_params(model, folder: str | Path) -> Path | None:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from longctx.io import atomic_folder
 from longctx.rope import extend_context
 
 DEFAULT_MODEL = "smollm2"
@@ -47,14 +46,9 @@ def smollm2_gguf_path() -> Path:
 
 def _atomic_save(model, tokenizer, destination: Path) -> None:
     """Write model + tokenizer to a temporary sibling folder, then rename: no half-written folder survives."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=destination.name + ".", dir=destination.parent))
-    try:
+    with atomic_folder(destination) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def converted_gguf_folder(gguf_file: Path) -> Path:
@@ -209,8 +203,9 @@ def load_for_inference(
     `peft_model` is a folder written by fine-tune.py (LongLoRA's `--peft_model`): its
     `trainable_params.safetensors` (embeddings and norms of LoRA+) are loaded into the base model, and
     its PEFT adapter, when there is one, is merged into the weights, so the result is a plain
-    transformers model. RoPE is scaled for `context_size` first, as in training: pass the length
-    the adapter was trained at. `load_options` go to `load_model_and_tokenizer`.
+    transformers model (on a 4-bit base the adapter stays a PEFT wrapper, as in QLoRA training).
+    RoPE is scaled for `context_size` first, as in training: pass the length the adapter was
+    trained at. `load_options` go to `load_model_and_tokenizer`.
     """
     from longctx.lora import TRAINABLE_PARAMS_FILE, load_trainable_params
 
@@ -239,7 +234,9 @@ def load_for_inference(
         if has_adapter:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+            model = PeftModel.from_pretrained(model, str(folder))
+            if not load_options.get("load_in_4bit"):  # merging into 4-bit weights would round the adapter away
+                model = model.merge_and_unload()
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer

@@ -6,10 +6,10 @@ switch) and written atomically, like every other result file.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from longctx.io import atomic_file
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
@@ -30,17 +30,9 @@ def _new_figure(width: float = 6.4, height: float = 4.2):
 
 def save_figure(figure, path: str | Path) -> Path:
     """Write a PNG through a temporary sibling file, so no half-written image is left behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_file(path, suffix=".png") as temporary:
         figure.savefig(temporary, format="png", bbox_inches="tight")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def _length_axis(axes, lengths: Sequence[int]) -> None:

@@ -34,6 +34,9 @@ PASSKEY_TASK = (
 )
 PASSKEY_FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
 PASSKEY_QUESTION = "What is the pass key?"
+# Chat models read LongLoRA's bare question as "what is a pass key" (SmolLM2-Instruct answered "a special
+# type of pass ..." in 3 of 8 tests at 2k; with this line, 8 of 8), so their question says what to answer.
+PASSKEY_CHAT_INSTRUCTION = "Answer with the number only."
 PASSKEY_ANSWER_PREFIX = "The pass key is"
 NEEDLE_TASK = "This is a very long story book:"
 ANSWER_SLACK_TOKENS = 8  # generated beyond the reference text, for a leading space, punctuation, a restated phrase
@@ -111,11 +114,14 @@ def passkey_case(tokenizer, length: int, depth: float | None, seed: int) -> Retr
     passkey = str(rng.randint(1, 50000))
     depth = rng.random() if depth is None else depth
     key_line = f"\n{PASSKEY_ANSWER_PREFIX} {passkey}. Remember it. {passkey} is the pass key.\n"
+    question = PASSKEY_QUESTION
+    if getattr(tokenizer, "chat_template", None):
+        question += " " + PASSKEY_CHAT_INSTRUCTION
 
     def build(num_pieces: int) -> list[int]:
         filler = [PASSKEY_FILLER[i % len(PASSKEY_FILLER)] + " " for i in range(num_pieces)]
         context = "".join(insert_at_depth(filler, key_line, depth)).strip()
-        return render_prompt(tokenizer, f"{PASSKEY_TASK}\n{context}\n{PASSKEY_QUESTION}", PASSKEY_ANSWER_PREFIX)
+        return render_prompt(tokenizer, f"{PASSKEY_TASK}\n{context}\n{question}", PASSKEY_ANSWER_PREFIX)
 
     budget = len(tokenizer(f" {passkey}.", add_special_tokens=False)["input_ids"]) + ANSWER_SLACK_TOKENS
     return RetrievalCase(fit_prompt(length, build), passkey, depth, budget)

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import torch
 from safetensors.torch import load_file
 
 from tests.scripts import ROOT

@@ -10,7 +10,7 @@ import torch
 from longctx.data import write_token_file
 from longctx.evaluation import Window, evaluate_perplexity, plan_windows, token_stream
 from longctx.modeling import load_for_inference
-from tests.tiny_models import tiny_llama
+from tests.tiny_models import save_moved_adapter, tiny_llama
 
 VOCAB = 128
 
@@ -134,20 +134,10 @@ def test_token_stream_reads_text_and_token_files(tmp_path, tiny_model_dir):
 
 
 def test_load_for_inference_applies_adapter_and_trainable_params(tmp_path, tiny_model_dir):
-    from longctx.lora import save_trainable_params, setup_lora
-    from transformers import AutoModelForCausalLM
-
-    tuned = setup_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), r=4, alpha=8, trainable_params="embed,norm")
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in tuned.named_parameters():
-            if "lora_B" in name or name.endswith("model.norm.weight"):
-                parameter.add_(0.5 * torch.randn_like(parameter))
-    tuned.save_pretrained(tmp_path)
-    save_trainable_params(tuned, tmp_path)
+    tuned = save_moved_adapter(tiny_model_dir, tmp_path)
     input_ids = torch.tensor([[5, 9, 30, 31, 100, 7, 8]])
     with torch.no_grad():
-        expected = tuned.eval()(input_ids=input_ids).logits
+        expected = tuned(input_ids=input_ids).logits
         loaded, _ = load_for_inference(str(tiny_model_dir), str(tmp_path), rope_method="none")
         base, _ = load_for_inference(str(tiny_model_dir), rope_method="none")
         assert not loaded.training and type(loaded).__name__ == "LlamaForCausalLM"  # merged, no PEFT wrapper

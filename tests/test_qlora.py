@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from longctx.lora import setup_lora
 from longctx.modeling import load_model_and_tokenizer
 from tests.scripts import run_script, run_script_expecting_error
+from tests.tiny_models import save_moved_adapter
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -93,3 +94,30 @@ def test_smollm2_4bit_memory():
     quantized_bytes = quantized.get_memory_footprint()
     print(f"SmolLM2-135M weights: float32 {full_bytes / 2**20:.0f} MiB, NF4 {quantized_bytes / 2**20:.0f} MiB")
     assert quantized_bytes < 0.5 * full_bytes
+
+
+def test_eval_reads_a_4bit_base_with_its_adapter_unmerged(tiny_model_dir, tmp_path):
+    """LongQLoRA evaluates in 4-bit: the adapter stays a PEFT wrapper (merging would round it into NF4)."""
+    from peft import PeftModel
+
+    from longctx.modeling import load_for_inference
+
+    tuned = save_moved_adapter(tiny_model_dir, tmp_path / "adapter")
+    input_ids = torch.tensor([[5, 9, 30, 31, 100, 7, 8]])
+    options = {"rope_method": "none", "load_in_4bit": True, "compute_dtype": "float32"}
+    with torch.no_grad():
+        expected = tuned(input_ids=input_ids).logits
+        loaded, _ = load_for_inference(str(tiny_model_dir), str(tmp_path / "adapter"), **options)
+        base, _ = load_for_inference(str(tiny_model_dir), **options)
+        assert isinstance(loaded, PeftModel) and not loaded.training
+        error_with_adapter = (loaded(input_ids=input_ids).logits - expected).abs().max()
+        error_without = (base(input_ids=input_ids).logits - expected).abs().max()
+    assert error_with_adapter < 0.25 * error_without  # only NF4 rounding is left
+
+    output = tmp_path / "eval.json"
+    run_script(
+        "eval.py", "--base_model", tiny_model_dir, "--peft_model", tmp_path / "adapter", "--load_in_4bit", "True",
+        "--bnb_4bit_compute_dtype", "float32", "--rope_method", "none", "--seq_len", "32", "--max_tokens", "200",
+        "--scoring", "strided", "--sliding_window", "16", "--output_json", output,
+    )
+    assert json.loads(output.read_text())["results"][0]["tokens"] == 199

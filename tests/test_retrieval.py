@@ -59,7 +59,7 @@ def test_passkey_prompt_fills_the_length_and_hides_the_key(tokenizer, length):
     text = tokenizer.decode(case.input_ids)
     assert f"The pass key is {case.answer}. Remember it. {case.answer} is the pass key." in text
     assert text.startswith("<|user|>\nThere is an important info hidden")
-    assert text.endswith("What is the pass key?</s>\n<|assistant|>\nThe pass key is")
+    assert text.endswith("What is the pass key? Answer with the number only.</s>\n<|assistant|>\nThe pass key is")
     context = text[text.index("hidden") : text.index("What is the pass key?")]
     relative = context.index("Remember it.") / len(context)
     assert 0.3 < relative < 0.7
@@ -72,7 +72,7 @@ def test_passkey_depths_and_random_depth(tokenizer):
     last = tokenizer.decode(passkey_case(tokenizer, 400, depth=1.0, seed=1).input_ids)
     key_at = lambda text: text.index("Remember it.")
     assert key_at(first) < first.index(PASSKEY_FILLER[0]) and key_at(last) > last.rindex(PASSKEY_FILLER[1])
-    depths = {passkey_case(tokenizer, 200, depth=None, seed=seed).depth for seed in range(5)}
+    depths = {passkey_case(tokenizer, 300, depth=None, seed=seed).depth for seed in range(5)}
     assert len(depths) == 5 and all(0 <= depth <= 1 for depth in depths)
 
 

@@ -75,3 +75,21 @@ def save_tiny_model(folder: Path, **overrides) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_moved_adapter(model_dir, folder, seed: int = 1):
+    """A LoRA+ adapter of a saved tiny model with LoRA B and the final norm moved at random, saved as
+    fine-tune.py saves one (PEFT adapter + trainable_params.safetensors); returns the tuned model."""
+    from transformers import AutoModelForCausalLM
+
+    from longctx.lora import save_trainable_params, setup_lora
+
+    tuned = setup_lora(AutoModelForCausalLM.from_pretrained(model_dir), r=4, alpha=8, trainable_params="embed,norm")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in tuned.named_parameters():
+            if "lora_B" in name or name.endswith("model.norm.weight"):
+                parameter.add_(0.5 * torch.randn_like(parameter))
+    tuned.save_pretrained(folder)
+    save_trainable_params(tuned, folder)
+    return tuned.eval()
