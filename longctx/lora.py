@@ -178,12 +178,24 @@ def base_model_of(model) -> torch.nn.Module:
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
+def _trainable_non_lora_parameters(model):
+    return (
+        (name, parameter)
+        for name, parameter in base_model_of(model).named_parameters()
+        if parameter.requires_grad and "lora_" not in name
+    )
+
+
+def has_trainable_params(model) -> bool:
+    """Whether LoRA+ trains full-rank weights beside the adapter (cheap: copies nothing)."""
+    return any(True for _ in _trainable_non_lora_parameters(model))
+
+
 def trainable_state_dict(model) -> dict[str, torch.Tensor]:
     """Trainable non-LoRA weights under the base model's parameter names (e.g. model.norm.weight)."""
     return {
         base_parameter_name(name): parameter.detach().cpu().contiguous()
-        for name, parameter in base_model_of(model).named_parameters()
-        if parameter.requires_grad and "lora_" not in name
+        for name, parameter in _trainable_non_lora_parameters(model)
     }
 
 

@@ -15,7 +15,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from longctx.loss import DEFAULT_CHUNK_SIZE, causal_lm_loss
-from longctx.lora import base_model_of, load_trainable_params, save_trainable_params, trainable_state_dict
+from longctx.lora import base_model_of, has_trainable_params, load_trainable_params, save_trainable_params
 
 
 class LongContextTrainer(Trainer):
@@ -70,7 +70,7 @@ class SaveTrainableParamsCallback(TrainerCallback):
     """Write trainable_params.safetensors into every checkpoint folder the Trainer saves."""
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        if model is not None and trainable_state_dict(model):
+        if model is not None and has_trainable_params(model):
             checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             save_trainable_params_from_all_processes(model, checkpoint, state.is_world_process_zero)
         return control
@@ -95,5 +95,5 @@ def restore_trainable_params(model, checkpoint: str, deepspeed: bool = False) ->
 
     DeepSpeed checkpoints hold the whole module state and DeepSpeed restores it, so nothing is done then.
     """
-    if trainable_state_dict(model) and not deepspeed:
+    if has_trainable_params(model) and not deepspeed:
         load_trainable_params(model, checkpoint)
