@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 from longctx.modeling import DEFAULT_MODEL, DTYPES
@@ -128,10 +129,14 @@ class LongContextTrainingArguments(TrainingArguments):
             raise ValueError(f"--lora_r must be positive (got {self.lora_r})")
         if self.loss_chunk_size <= 0:
             raise ValueError(f"--loss_chunk_size must be positive (got {self.loss_chunk_size})")
+        # transformers 5.2x renamed gradient_checkpointing* to activation_checkpointing* and warns on the old names
+        name = "activation_checkpointing" if hasattr(self, "activation_checkpointing") else "gradient_checkpointing"
         if self.gradient_checkpointing is None and getattr(self, "activation_checkpointing", None) is None:
-            self.gradient_checkpointing = True  # long rows do not fit without it
-        if self.gradient_checkpointing_kwargs is None:
-            self.gradient_checkpointing_kwargs = {"use_reentrant": False}
+            setattr(self, name, True)  # long rows do not fit without it
+        if self.gradient_checkpointing_kwargs is None and getattr(self, "activation_checkpointing_kwargs", None) is None:
+            setattr(self, f"{name}_kwargs", {"use_reentrant": False})
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on every loader otherwise
         super().__post_init__()
 
 

@@ -17,6 +17,9 @@ import torch
 # PEFT imports bitsandbytes, whose CPU backend logs on import that it cannot fetch an optional
 # inference kernel from the hub; longctx never uses that kernel (modeling.keep_4bit_weights_trainable).
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# PEFT reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model; the
+# FutureWarning is about PEFT's code, nothing a longctx user can act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402

@@ -96,3 +96,14 @@ def test_token_ids_beyond_vocabulary_are_refused(capsys, tmp_path, tiny_model_di
     base = ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--max_steps", "1"]
     line = run_script_expecting_error(capsys, "fine-tune.py", *base, "--data_path", str(path), "--model_max_length", "64")
     assert "tokens.bin" in line and "999" in line
+
+
+def test_training_defaults_checkpoint_activations_without_deprecated_names_or_pinning(recwarn, tmp_path):
+    from longctx.args import LongContextTrainingArguments
+
+    args = LongContextTrainingArguments(output_dir=str(tmp_path))
+    assert args.gradient_checkpointing is True
+    assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning) and "checkpointing" in str(w.message)]
+    assert LongContextTrainingArguments(output_dir=str(tmp_path), gradient_checkpointing=False).gradient_checkpointing is False
+    assert args.dataloader_pin_memory is torch.cuda.is_available()  # pinning without an accelerator only warns
