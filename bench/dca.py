@@ -5,13 +5,15 @@ Perplexity: one window from each book's start, every token scored, fp32. Every m
 dynamic NTK is causal-consistent (a token's logits depend only on earlier tokens and their
 absolute positions; tests/test_chunk_attention.py checks it), so ONE forward at the longest length
 gives all shorter lengths as prefix perplexities. Dynamic NTK rescales with the total length, so it
-runs once per length beyond the native window (within it, it equals no scaling). Results go to
+runs once per length beyond the native window (within it, it equals no scaling). `sliding` is the
+reference with no long context: the native model over windows of its own length, every token
+scored once with 4k-8k tokens before it, so a method that beats it uses the far text. Results go to
 --output_json after every (book, method), and finished pairs are skipped on a re-run, so a long
 table can be built one method at a time:
 
     flock /tmp/longctx-heavy.lock python bench/dca.py --suite perplexity --methods dca \\
         --output_json bench/dca/perplexity.json
-    python bench/dca.py --suite perplexity --methods none,linear:4,dynamic:4,yarn:4,theta:4,dca \\
+    python bench/dca.py --suite perplexity --methods none,linear:4,dynamic:4,yarn:4,theta:4,dca,sliding \\
         --books data/pg19_eval/pg19test_29973.txt,../shared/data/pg19/pg19test_30752.txt \\
         --output_json bench/dca/perplexity.json
 
@@ -38,13 +40,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_BOOKS = "data/pg19_eval/pg19test_29973.txt,../shared/data/pg19/pg19test_30752.txt,../shared/data/pg19/pg19test_41603.txt"
-DEFAULT_METHODS = "none,linear:4,dynamic:4,yarn:4,theta:4,dca"
+DEFAULT_METHODS = "none,linear:4,dynamic:4,yarn:4,theta:4,dca,sliding"
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=["perplexity", "prefill"], default="perplexity")
-    parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated: none, dca, or rope method:factor")
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated: none, dca, sliding (native windows, no long context), or rope method:factor")
     parser.add_argument("--books", default=DEFAULT_BOOKS, help="comma-separated .txt files (paths from the repo root)")
     parser.add_argument("--seq_lens", default="4096,8192,16384,32768", help="lengths in tokens, comma-separated")
     parser.add_argument("--model", default="smollm2")
@@ -97,6 +99,34 @@ def prefix_losses(model, input_ids, lengths: list[int]) -> dict[int, float]:
     return means
 
 
+def sliding_window_losses(model, input_ids, lengths: list[int], window: int) -> dict[int, float]:
+    """Mean next-token loss over the first L tokens when no token sees more than `window` - 1 earlier ones.
+
+    The reference for a reader with no long context: the native model over windows of its own length,
+    advancing by half a window, each token scored once (`plan_windows`' strided scoring), so after the
+    first window every token has between window/2 and window - 1 tokens of context.
+    """
+    import torch
+
+    from longctx.evaluation import plan_windows
+    from longctx.loss import chunked_causal_lm_loss_sum, decoder_and_head, final_hidden_states
+
+    _, lm_head = decoder_and_head(model)
+    totals = dict.fromkeys(lengths, 0.0)
+    with torch.no_grad():
+        for span in plan_windows(input_ids.shape[1], window, "strided", window // 2):
+            ids = input_ids[:, span.start : span.start + window]
+            hidden_states = final_hidden_states(model, input_ids=ids)
+            first, end = span.start + span.first_target, span.start + ids.shape[1]  # absolute targets first .. end - 1
+            edges = sorted({first, end, *(length for length in lengths if first < length < end)})
+            for low, high in zip(edges, edges[1:]):  # targets low .. high - 1, from hidden positions low - 1 .. high - 2
+                piece = slice(low - 1 - span.start, high - span.start)
+                loss_sum = float(chunked_causal_lm_loss_sum(hidden_states[:, piece], ids[:, piece], lm_head))
+                for length in lengths:
+                    totals[length] += loss_sum if high <= length else 0.0
+    return {length: totals[length] / (length - 1) for length in lengths}
+
+
 def perplexity_suite(args) -> dict:
     from longctx.io import write_json_atomic
     from longctx.modeling import load_tokenizer, resolve_model_path
@@ -112,7 +142,11 @@ def perplexity_suite(args) -> dict:
             if (book, method) in done:
                 continue
             began = time.perf_counter()
-            if method.startswith("dynamic"):  # length-dependent: a fresh model and forward per length
+            if method == "sliding":
+                model, _ = load(args, "none", longest)
+                window = args.pretraining_length or model.config.max_position_embeddings
+                means = sliding_window_losses(model, input_ids, args.seq_lens, window)
+            elif method.startswith("dynamic"):  # length-dependent: a fresh model and forward per length
                 means = {}
                 for length in args.seq_lens:
                     model, _ = load(args, method, length)
@@ -130,12 +164,12 @@ def perplexity_suite(args) -> dict:
             if output:
                 write_json_atomic(output, results)
             print(json.dumps(run), flush=True)
-    print(perplexity_table(results["runs"], args.seq_lens))
+    print(per_book_table(results["runs"], args.seq_lens), perplexity_table(results["runs"], args.seq_lens), sep="\n\n")
     return results
 
 
 def perplexity_table(runs: list[dict], lengths: list[int]) -> str:
-    """Markdown: one row per method, perplexity per length (mean over books when several, books counted)."""
+    """Markdown: one row per method, perplexity per length, the mean over books (a cell over fewer books says how many)."""
     methods = list(dict.fromkeys(run["method"] for run in runs))
     names = [f"{length // 1024}k" if length % 1024 == 0 else str(length) for length in lengths]
     lines = ["| method | books | " + " | ".join(names) + " |"]
@@ -145,8 +179,19 @@ def perplexity_table(runs: list[dict], lengths: list[int]) -> str:
         cells = []
         for length in lengths:
             values = [run["perplexity"][str(length)] for run in chosen if str(length) in run["perplexity"]]
-            cells.append(f"{statistics.mean(values):.2f}" if values else "-")
+            cell = f"{statistics.mean(values):.2f}" if values else "-"
+            cells.append(cell + (f" ({len(values)} of {len(chosen)} books)" if values and len(values) < len(chosen) else ""))
         lines.append(f"| {method} | {len(chosen)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def per_book_table(runs: list[dict], lengths: list[int]) -> str:
+    """Markdown: one row per (book, method)."""
+    names = [f"{length // 1024}k" if length % 1024 == 0 else str(length) for length in lengths]
+    lines = ["| book | method | " + " | ".join(names) + " |", "|---" * (len(lengths) + 2) + "|"]
+    for run in sorted(runs, key=lambda run: Path(run["book"]).stem):
+        cells = [f"{run['perplexity'][str(length)]:.2f}" if str(length) in run["perplexity"] else "-" for length in lengths]
+        lines.append(f"| {Path(run['book']).stem} | {run['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -296,3 +296,27 @@ def test_inference_script_with_dca(tiny_model_dir, tmp_path, capsys):
         "--max_gen_len", "4", "--context_size", "256", "--dca", "True", "--pretraining_length", "32",
     )
     assert capsys.readouterr().out.strip()
+
+
+@torch.no_grad()
+def test_sliding_window_reference_of_the_bench_scores_each_token_once_within_a_window():
+    """bench/dca.py's no-long-context reference: token t sees only the tokens of its strided window."""
+    import runpy
+
+    from tests.scripts import ROOT
+
+    bench = runpy.run_path(str(ROOT / "bench" / "dca.py"))
+    model, input_ids = tiny("llama"), tokens(4 * PRETRAINING)
+    lengths, stride = [PRETRAINING // 2, PRETRAINING, 2 * PRETRAINING, 4 * PRETRAINING], PRETRAINING // 2
+    got = bench["sliding_window_losses"](model, input_ids, lengths, PRETRAINING)
+    losses = []  # brute force, one forward per target: windows start every `stride`, each scores its second half
+    for target in range(1, input_ids.shape[1]):
+        start = 0 if target < PRETRAINING else (target // stride - 1) * stride
+        logits = model(input_ids[:, start:target]).logits[0, -1]
+        losses.append(float(torch.nn.functional.cross_entropy(logits, input_ids[0, target])))
+    for length in lengths:
+        assert math.isclose(got[length], sum(losses[: length - 1]) / (length - 1), rel_tol=1e-9)
+    # a window as long as the text is the plain one-forward figure
+    full = bench["sliding_window_losses"](model, input_ids, lengths, 4 * PRETRAINING)
+    plain = bench["prefix_losses"](model, input_ids, lengths)
+    assert all(math.isclose(full[length], plain[length], rel_tol=1e-9) for length in lengths)
