@@ -168,10 +168,14 @@ def perplexity_suite(args) -> dict:
     return results
 
 
+def length_name(length: int) -> str:
+    return f"{length // 1024}k" if length % 1024 == 0 else str(length)
+
+
 def perplexity_table(runs: list[dict], lengths: list[int]) -> str:
     """Markdown: one row per method, perplexity per length, the mean over books (a cell over fewer books says how many)."""
     methods = list(dict.fromkeys(run["method"] for run in runs))
-    names = [f"{length // 1024}k" if length % 1024 == 0 else str(length) for length in lengths]
+    names = [length_name(length) for length in lengths]
     lines = ["| method | books | " + " | ".join(names) + " |"]
     lines.append("|---" * (len(lengths) + 2) + "|")
     for method in methods:
@@ -187,7 +191,7 @@ def perplexity_table(runs: list[dict], lengths: list[int]) -> str:
 
 def per_book_table(runs: list[dict], lengths: list[int]) -> str:
     """Markdown: one row per (book, method)."""
-    names = [f"{length // 1024}k" if length % 1024 == 0 else str(length) for length in lengths]
+    names = [length_name(length) for length in lengths]
     lines = ["| book | method | " + " | ".join(names) + " |", "|---" * (len(lengths) + 2) + "|"]
     for run in sorted(runs, key=lambda run: Path(run["book"]).stem):
         cells = [f"{run['perplexity'][str(length)]:.2f}" if str(length) in run["perplexity"] else "-" for length in lengths]
