@@ -28,6 +28,7 @@ Passkey retrieval goes through passkey_retrivial.py (see bench/RESULTS.md for th
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import platform
@@ -119,7 +120,8 @@ def sliding_window_losses(model, input_ids, lengths: list[int], window: int) -> 
             hidden_states = final_hidden_states(model, input_ids=ids)
             first, end = span.start + span.first_target, span.start + ids.shape[1]  # absolute targets first .. end - 1
             edges = sorted({first, end, *(length for length in lengths if first < length < end)})
-            for low, high in zip(edges, edges[1:]):  # targets low .. high - 1, from hidden positions low - 1 .. high - 2
+            # targets low .. high - 1, predicted from hidden positions low - 1 .. high - 2
+            for low, high in itertools.pairwise(edges):
                 piece = slice(low - 1 - span.start, high - span.start)
                 loss_sum = float(chunked_causal_lm_loss_sum(hidden_states[:, piece], ids[:, piece], lm_head))
                 for length in lengths:

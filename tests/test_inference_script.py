@@ -17,22 +17,13 @@ def material(tmp_path):
     return path
 
 
+def ask(model_dir, material, *extra) -> list:
+    """inference.py's arguments: the tiny model asked QUESTION about `material`, then `extra`."""
+    return ["inference.py", "--base_model", model_dir, "--material", material, "--question", QUESTION, *extra]
+
+
 def test_inference_streams_the_answer_to_the_material_question(tiny_model_dir, material, capsys):
-    run_script(
-        "inference.py",
-        "--base_model",
-        tiny_model_dir,
-        "--material",
-        material,
-        "--question",
-        QUESTION,
-        "--max_gen_len",
-        "12",
-        "--seed",
-        "3",
-        "--context_size",
-        "256",
-    )
+    run_script(*ask(tiny_model_dir, material, "--max_gen_len", "12", "--seed", "3", "--context_size", "256"))
     captured = capsys.readouterr()
     # the same prompt and sampling settings (temperature 0.6, top-p 0.9, seed 3) by hand
     answer, prompt_length = expected_answer(tiny_model_dir, MATERIAL, QUESTION, window=256, max_gen_len=12, seed=3)
@@ -45,36 +36,22 @@ def test_material_over_the_window_is_refused_or_cut_in_the_middle(tiny_model_dir
     long_material = tmp_path / "long.txt"
     long_material.write_text(" ".join(f"Line {i} of the log." for i in range(200)))
     line = run_script_expecting_error(
-        capsys,
-        "inference.py",
-        "--context_size",
-        "256",
-        "--base_model",
-        tiny_model_dir,
-        "--material",
-        long_material,
-        "--question",
-        QUESTION,
-        "--max_gen_len",
-        "8",
+        capsys, *ask(tiny_model_dir, long_material, "--context_size", "256", "--max_gen_len", "8")
     )
     assert "tokens (prompt" in line and "256-token window" in line and "--truncate middle" in line
     run_script(
-        "inference.py",
-        "--base_model",
-        tiny_model_dir,
-        "--material",
-        long_material,
-        "--question",
-        QUESTION,
-        "--max_gen_len",
-        "8",
-        "--truncate",
-        "middle",
-        "--temperature",
-        "0",
-        "--context_size",
-        "256",
+        *ask(
+            tiny_model_dir,
+            long_material,
+            "--max_gen_len",
+            "8",
+            "--truncate",
+            "middle",
+            "--temperature",
+            "0",
+            "--context_size",
+            "256",
+        )
     )
     err = capsys.readouterr().err
     assert "warning: the material is" in err and "cut in the middle" in err
@@ -82,21 +59,7 @@ def test_material_over_the_window_is_refused_or_cut_in_the_middle(tiny_model_dir
 
 def test_pdf_material_and_bad_materials(tiny_model_dir, tmp_path, capsys):
     pdf = text_pdf(tmp_path / "note.pdf", MATERIAL)
-    run_script(
-        "inference.py",
-        "--base_model",
-        tiny_model_dir,
-        "--material",
-        pdf,
-        "--question",
-        QUESTION,
-        "--max_gen_len",
-        "4",
-        "--temperature",
-        "0",
-        "--context_size",
-        "256",
-    )
+    run_script(*ask(tiny_model_dir, pdf, "--max_gen_len", "4", "--temperature", "0", "--context_size", "256"))
     assert "material: " in capsys.readouterr().err
     (tmp_path / "empty.txt").write_text("\n")
     assert "is empty" in run_script_expecting_error(
@@ -124,21 +87,18 @@ def test_chat_mode_answers_questions_from_stdin_past_the_window_with_streaming(
 ):
     monkeypatch.setattr("sys.stdin", io.StringIO("Which ship?\nAnd the whale?\nWhat colour?\n\nnever read\n"))
     run_script(
-        "inference.py",
-        "--base_model",
-        tiny_model_dir,
-        "--material",
-        material,
-        "--question",
-        QUESTION,
-        "--max_gen_len",
-        "16",
-        "--chat",
-        "--enable_streaming",
-        "--start_size",
-        "4",
-        "--recent_size",
-        "24",
+        *ask(
+            tiny_model_dir,
+            material,
+            "--max_gen_len",
+            "16",
+            "--chat",
+            "--enable_streaming",
+            "--start_size",
+            "4",
+            "--recent_size",
+            "24",
+        )
     )
     captured = capsys.readouterr()
     assert captured.out.count("question> ") == 4  # three answered, the empty line ends the chat
