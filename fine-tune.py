@@ -31,7 +31,7 @@ from longctx.attention import disable_s2_attn
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.data import collate_rows, default_eval_data, default_pretraining_data, load_pretraining_dataset
 from longctx.evaluation import rows_perplexity
-from longctx.trainer import load_training_model, prepare_for_training, report_training, train_and_save
+from longctx.trainer import load_training_model, prepare_for_training, report_training, train_and_save, training_record
 
 
 def perplexity_check(model, rows, is_main_process: bool) -> dict | None:
@@ -67,8 +67,9 @@ def main():
     is_main_process = train_args.process_index == 0
     before = perplexity_check(model, eval_rows, is_main_process)
 
+    record = training_record(model, model_args, train_args)
     model, trainable = prepare_for_training(model, train_args)
-    result, _ = train_and_save(model, train_args, train_rows, collate_rows, tokenizer)
+    result, _ = train_and_save(model, train_args, train_rows, collate_rows, tokenizer, record=record)
 
     disable_s2_attn(model)
     after = perplexity_check(model, eval_rows, is_main_process)

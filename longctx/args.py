@@ -24,24 +24,49 @@ class LoadingArguments:
     """How any script loads its model: dtype, RoPE scaling and QLoRA's 4-bit base (shared by all scripts)."""
 
     dtype: str = _help(f"weights dtype: {', '.join(DTYPES)} (float32 is fastest on CPU)", default="float32")
-    rope_method: str = _help(f"RoPE scaling to reach the target length: {', '.join(ROPE_METHODS)}", default="linear")
+    rope_method: str | None = _help(
+        f"RoPE scaling to reach the target length: {', '.join(ROPE_METHODS)} (default: linear; theta with --rope_theta)",
+        default=None,
+    )
     rope_factor: float | None = _help("override the RoPE scaling factor (default: from the target length)", default=None)
+    rope_theta: float | None = _help(
+        "an explicit RoPE base for --rope_method theta (EasyContext's and Gradient's way), instead of --rope_factor",
+        default=None,
+    )
     load_in_4bit: bool = _help("QLoRA: base linear weights in 4-bit NF4, double-quantized (bitsandbytes)", default=False)
     bnb_4bit_compute_dtype: str | None = _help("dtype the 4-bit matmuls compute in (default: --dtype)", default=None)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype} is not one of {', '.join(DTYPES)}")
+        self.rope_flags_given = {
+            flag: value
+            for flag, value in (("--rope_method", self.rope_method), ("--rope_factor", self.rope_factor), ("--rope_theta", self.rope_theta))
+            if value is not None
+        }
+        if self.rope_method is None:
+            self.rope_method = self.default_rope_method()
         if self.rope_method not in ROPE_METHODS:
             raise ValueError(f"--rope_method {self.rope_method} is not one of {', '.join(ROPE_METHODS)}")
         if self.rope_factor is not None and self.rope_factor < 1:
             raise ValueError(f"--rope_factor must be at least 1 (got {self.rope_factor})")
+        if self.rope_theta is not None and (self.rope_method != "theta" or self.rope_factor is not None):
+            raise ValueError(
+                f"--rope_theta goes with --rope_method theta and without --rope_factor (got --rope_method {self.rope_method}"
+                + (f", --rope_factor {self.rope_factor:g})" if self.rope_factor is not None else ")")
+            )
+        if self.rope_theta is not None and not self.rope_theta > 0:
+            raise ValueError(f"--rope_theta must be positive (got {self.rope_theta})")
         compute_dtype = self.bnb_4bit_compute_dtype
         if compute_dtype is not None and compute_dtype not in DTYPES:
             raise ValueError(f"--bnb_4bit_compute_dtype {compute_dtype} is not one of {', '.join(DTYPES)}")
 
+    def default_rope_method(self) -> str:
+        return "theta" if self.rope_theta is not None else "linear"
+
     def rope_options(self) -> dict:
-        return {} if self.rope_factor is None else {"factor": self.rope_factor}
+        options = {"factor": self.rope_factor, "rope_theta": self.rope_theta}
+        return {key: value for key, value in options.items() if value is not None}
 
     def quantization_options(self) -> dict:
         """`load_model_and_tokenizer` keywords for --load_in_4bit."""
@@ -174,18 +199,16 @@ class InferenceModelArguments(LoadingArguments):
         default=None,
     )
     flash_attn: bool = _help("use flash-attn 2 (CUDA only; falls back to SDPA)", default=False)
-    rope_method: str | None = _help(
-        f"RoPE scaling to reach the target length: {', '.join(ROPE_METHODS)} (default: linear, or none with --dca)",
-        default=None,
-    )
     dca: bool = _help("Dual Chunk Attention (ChunkLlama): read past the pretraining window with no training", default=False)
     pretraining_length: int | None = _help(
         "window the model was pretrained for, DCA's unit (default: the model's native window)", default=None
     )
 
+    def default_rope_method(self) -> str:
+        # DCA keeps every distance inside the window: no rescaling unless asked
+        return "none" if self.dca and self.rope_theta is None else super().default_rope_method()
+
     def __post_init__(self):
-        if self.rope_method is None:  # DCA keeps every distance inside the window: no rescaling unless asked
-            self.rope_method = "none" if self.dca else "linear"
         super().__post_init__()
         if self.context_size is not None and self.context_size <= 0:
             raise ValueError(f"--context_size must be positive (got {self.context_size})")

@@ -19,6 +19,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from longctx.lora import base_model_of, has_trainable_params, load_trainable_params, save_trainable_params
 from longctx.loss import DEFAULT_CHUNK_SIZE, causal_lm_loss
+from longctx.training_record import TrainingRecord, record_from_model, write_record
 
 
 class LongContextTrainer(Trainer):
@@ -87,12 +88,17 @@ def save_trainable_params_from_all_processes(model, folder: str | Path, is_main_
 
 
 class SaveTrainableParamsCallback(TrainerCallback):
-    """Write trainable_params.safetensors into every checkpoint folder the Trainer saves."""
+    """Write trainable_params.safetensors and the training record into every checkpoint folder the Trainer saves."""
+
+    def __init__(self, record: TrainingRecord | None = None):
+        self.record = record
 
     def on_save(self, args, state, control, model=None, **kwargs):
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if model is not None and has_trainable_params(model):
-            checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             save_trainable_params_from_all_processes(model, checkpoint, state.is_world_process_zero)
+        if self.record is not None and state.is_world_process_zero:
+            write_record(checkpoint, self.record)
         return control
 
 
@@ -139,6 +145,19 @@ def load_training_model(model_args, train_args):
     )
 
 
+def training_record(model, model_args, train_args) -> TrainingRecord:
+    """What the output folder must remember to be read back right: RoPE as loaded, length, attention."""
+    return record_from_model(
+        model.config,
+        rope_method=model_args.rope_method,
+        model_max_length=train_args.model_max_length,
+        attention="full" if train_args.use_full_attn else "s2_attn",
+        base_model=model_args.model_name_or_path,
+        group_size_ratio=train_args.group_size_ratio,
+        group_size=train_args.group_size,
+    )
+
+
 def prepare_for_training(model, train_args, sft_group_size: int | None = None):
     """S²-Attn (unless --use_full_attn) and LoRA+ (with --low_rank_training); returns (model, trainable count)."""
     from longctx.attention import enable_s2_attn
@@ -162,15 +181,15 @@ def prepare_for_training(model, train_args, sft_group_size: int | None = None):
     return model, trainable
 
 
-def train_and_save(model, train_args, train_dataset, data_collator, tokenizer, train_sampler=None):
-    """Train (resuming when asked), then save the adapter and trainable params to --output_dir."""
+def train_and_save(model, train_args, train_dataset, data_collator, tokenizer, train_sampler=None, record=None):
+    """Train (resuming when asked), then save the adapter, trainable params and training record to --output_dir."""
     trainer = LongContextTrainer(
         model=model,
         args=train_args,
         train_dataset=train_dataset,
         data_collator=data_collator,
         processing_class=tokenizer,
-        callbacks=[SaveTrainableParamsCallback()],
+        callbacks=[SaveTrainableParamsCallback(record)],
         loss_chunk_size=train_args.loss_chunk_size,
         train_sampler=train_sampler,
     )
@@ -181,6 +200,8 @@ def train_and_save(model, train_args, train_dataset, data_collator, tokenizer, t
     trainer.save_model(train_args.output_dir)
     if train_args.low_rank_training:
         save_trainable_params_from_all_processes(model, train_args.output_dir, train_args.process_index == 0)
+    if record is not None and train_args.process_index == 0:
+        write_record(train_args.output_dir, record)
     return result, trainer
 
 
@@ -194,7 +215,14 @@ def report_training(
 
     from longctx.io import write_json_atomic
 
-    summary.update(steps=result.global_step, train_loss=result.training_loss, seconds=time.perf_counter() - started)
+    train_seconds = result.metrics.get("train_runtime")
+    summary.update(
+        steps=result.global_step,
+        train_loss=result.training_loss,
+        train_seconds=train_seconds,
+        seconds_per_step=train_seconds / result.global_step if train_seconds and result.global_step else None,
+        seconds=time.perf_counter() - started,
+    )
     write_json_atomic(Path(output_dir) / results_name, summary)
     print(json.dumps({key: summary[key] for key in ("steps", "train_loss", "seconds")}))
     if comparison:
