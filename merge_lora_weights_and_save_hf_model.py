@@ -2,16 +2,19 @@
 
 Each --peft_model folder (adapter_model.safetensors, adapter_config.json, trainable_params.safetensors,
 as fine-tune.py and get_trainable_weights.py write them) is applied in the order given. The saved
-config carries the RoPE scaling for --context_size, so the merged model reads long inputs as is.
-The save is atomic: on any error no --save_path folder is left behind.
+config carries the RoPE the adapters were trained with (the last folder's longctx_training.json), or
+for folders without one (LongLoRA's) the linear scaling for --context_size, so the merged model reads
+long inputs as is. The save is atomic: on any error no --save_path folder is left behind.
 
     python merge_lora_weights_and_save_hf_model.py --base_model smollm2 \
-        --peft_model outputs/smollm2-16k --context_size 16384 --save_path outputs/smollm2-16k-merged
+        --peft_model outputs/smollm2-16k --save_path outputs/smollm2-16k-merged
 
-Several stages in order (Gradient's 1048k recipe), in bfloat16 for a large model:
+Several stages in order (Gradient's 1048k recipe; python -m longctx.progressive does this itself),
+in bfloat16 for a large model:
     python merge_lora_weights_and_save_hf_model.py --base_model path/to/Llama-3-8B-Instruct \
-        --peft_model outputs/stage-65k outputs/stage-262k --context_size 262144 --rope_method theta \
-        --dtype bfloat16 --save_path outputs/llama3-262k
+        --peft_model outputs/stage-65k outputs/stage-262k --dtype bfloat16 --save_path outputs/llama3-262k
+
+A LongLoRA folder (no training record): --context_size 32768 gives LongLoRA's linear factor.
 """
 
 from dataclasses import dataclass, field
@@ -27,12 +30,16 @@ from longctx.rope import ROPE_METHODS, context_window
 @dataclass
 class Arguments:
     peft_model: list[str] = field(metadata={"help": "adapter folder(s), merged in the order given"})
-    context_size: int = field(metadata={"help": "context length the merged model is for (RoPE is scaled to it)"})
     save_path: str = field(metadata={"help": "new folder for the merged model and tokenizer"})
+    context_size: int | None = field(
+        default=None,
+        metadata={"help": "context length the merged model is for (default: the training length the last adapter records)"},
+    )
     base_model: str = field(default="smollm2", metadata={"help": "'smollm2', a local HF folder or a cached hub id"})
     dtype: str = field(default="float32", metadata={"help": f"dtype to merge and save in: {', '.join(DTYPES)}"})
-    rope_method: str = field(
-        default="linear", metadata={"help": f"RoPE scaling used in training: {', '.join(ROPE_METHODS)}"}
+    rope_method: str | None = field(
+        default=None,
+        metadata={"help": f"RoPE scaling used in training: {', '.join(ROPE_METHODS)} (default: the adapters' record, else linear)"},
     )
     rope_factor: float | None = field(
         default=None, metadata={"help": "RoPE factor used in training (default: from --context_size)"}
@@ -42,11 +49,11 @@ class Arguments:
     )
 
     def __post_init__(self):
-        if self.context_size <= 0:
+        if self.context_size is not None and self.context_size <= 0:
             raise ValueError(f"--context_size must be positive (got {self.context_size})")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype} is not one of {', '.join(DTYPES)}")
-        if self.rope_method not in ROPE_METHODS:
+        if self.rope_method is not None and self.rope_method not in ROPE_METHODS:
             raise ValueError(f"--rope_method {self.rope_method} is not one of {', '.join(ROPE_METHODS)}")
 
 
