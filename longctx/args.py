@@ -14,6 +14,7 @@ from transformers import TrainingArguments
 from longctx.modeling import DEFAULT_MODEL, DTYPES
 from longctx.rope import ROPE_METHODS, default_rope_method
 from longctx.stages import START_MODES
+from longctx.training_record import read_record, rope_for_reading
 
 
 def _help(text: str, **kwargs) -> dict:
@@ -210,6 +211,11 @@ class InferenceModelArguments(LoadingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        # what loading is asked for (None: the adapter's record, else the default) and what it will use,
+        # shown in results; a flag contradicting the adapter's record is refused here, before any work
+        self.rope_method_asked = self.rope_method
+        record = read_record(self.peft_model) if self.peft_model else None
+        self.rope_method, _ = rope_for_reading(record, self.peft_model, self.rope_method, self.rope_options(), self.dca)
         if self.context_size is not None and self.context_size <= 0:
             raise ValueError(f"--context_size must be positive (got {self.context_size})")
         if self.pretraining_length is not None and self.pretraining_length <= 0:
@@ -229,7 +235,7 @@ class InferenceModelArguments(LoadingArguments):
             "base_model": self.base_model,
             "peft_model": self.peft_model,
             "context_size": self.context_size or longest_length,
-            "rope_method": self.rope_method,
+            "rope_method": self.rope_method_asked,
             "rope_options": self.rope_options(),
             "dtype": self.dtype,
             "attn_implementation": "flash_attention_2" if self.flash_attn and flash_attn_available() else "sdpa",
