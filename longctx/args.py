@@ -565,3 +565,43 @@ class QAAccuracyArguments(InferenceModelArguments):
 
         super().__post_init__()
         check_template(self.prompt_template)
+
+
+# ---------------------------------------------------------------------------------------------
+# RULER (ruler.py)
+
+
+@dataclass
+class RulerArguments(InferenceModelArguments):
+    """ruler.py: RULER's 13 synthetic tasks by length, and the effective context length."""
+
+    lengths: str = _help(
+        "lengths in tokens, prompt plus generation budget as RULER counts them, comma-separated", default="2048,4096,8192"
+    )
+    tasks: str = _help(
+        "tasks, families (retrieval, multi_hop, aggregation, qa) or all, comma-separated, e.g. niah_single_1,vt",
+        default="all",
+    )
+    num_samples: int = _help("samples per task and length (RULER's default: 500)", default=10)
+    batch_size: int = _help("prompts of one task and length generated together, left-padded (1 with --dca)", default=4)
+    threshold: float = _help("average score a length must keep to count as effective (RULER's 85.6: Llama-2-7B at 4k)", default=85.6)
+    haystack: str | None = _help(
+        ".txt files or folders for the essay haystacks and QA passages (default: the held-out book data/pg19_eval)",
+        default=None,
+    )
+    seed: int = _help("seed of every sample (keys, values, depths, words)", default=0)
+    output_json: str | None = _help("write scores, averages, effective lengths and every reply to this JSON file", default=None)
+    plot: str | None = _help("PNG heatmap of scores, tasks x lengths (default: beside --output_json)", default=None)
+
+    def __post_init__(self):
+        from longctx.ruler_tasks import select_tasks
+
+        super().__post_init__()
+        self.target_lengths = _positive_ints("--lengths", self.lengths)
+        self.task_names = select_tasks(self.tasks)
+        if self.num_samples <= 0:
+            raise ValueError(f"--num_samples must be positive (got {self.num_samples})")
+        if self.batch_size <= 0:
+            raise ValueError(f"--batch_size must be positive (got {self.batch_size})")
+        if not 0 < self.threshold <= 100:
+            raise ValueError(f"--threshold must be in (0, 100] (got {self.threshold})")

@@ -118,3 +118,30 @@ def plot_loss_curve(losses: Sequence[dict], path: str | Path, title: str | None 
     if title:
         axes.set_title(title, fontsize=10)
     return save_figure(figure, path)
+
+
+def plot_score_grid(
+    scores: Sequence[Sequence[float | None]],
+    row_labels: Sequence[str],
+    lengths: Sequence[int],
+    path: str | Path,
+    title: str | None = None,
+) -> Path:
+    """Scores 0-100 per (row, length) cell, e.g. RULER's tasks x lengths: red 0 to green 100, empty cells blank."""
+    figure = _new_figure(max(4.0, 2.0 + 0.8 * len(lengths)), max(3.0, 1.0 + 0.35 * len(row_labels)))
+    axes = figure.add_subplot()
+    values = [[float("nan") if value is None else value for value in row] for row in scores]
+    image = axes.imshow(values, cmap="RdYlGn", vmin=0.0, vmax=100.0, aspect="auto")
+    axes.set_xticks(range(len(lengths)))
+    axes.set_xticklabels([str(length) for length in lengths], rotation=45)
+    axes.set_yticks(range(len(row_labels)))
+    axes.set_yticklabels(list(row_labels))
+    axes.set_xlabel("context length (tokens)")
+    for row, cells in enumerate(values):
+        for column, value in enumerate(cells):
+            if value == value:  # not NaN
+                axes.text(column, row, f"{value:.0f}", ha="center", va="center", fontsize=7)
+    figure.colorbar(image, ax=axes, label="score")
+    if title:
+        axes.set_title(title, fontsize=10)
+    return save_figure(figure, path)
