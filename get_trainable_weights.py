@@ -16,7 +16,7 @@ Then merge (see merge_lora_weights_and_save_hf_model.py):
 
 from dataclasses import dataclass, field
 
-from longctx.checkpoints import check_against_base, read_checkpoint, write_split_checkpoint
+from longctx.checkpoints import check_against_base, check_split_outputs, read_checkpoint, write_split_checkpoint
 from longctx.cli import parse_dataclasses, run_cli
 
 
@@ -30,17 +30,22 @@ class Arguments:
     base_model: str | None = field(
         default=None, metadata={"help": "base model to check shapes against (default: the adapter config's)"}
     )
+    overwrite: bool = field(default=False, metadata={"help": "replace adapter and trainable params files already there"})
 
 
 def main():
     (args,) = parse_dataclasses((Arguments,), __doc__)
+    output_dir = args.output_dir or args.checkpoint_path
+    writes = check_split_outputs(args.checkpoint_path, output_dir, args.trainable_params, args.overwrite)
     split = read_checkpoint(args.checkpoint_path, args.trainable_params)
     checked = check_against_base(split, args.base_model)
-    written = write_split_checkpoint(split, args.output_dir or args.checkpoint_path)
+    written = write_split_checkpoint(split, output_dir) if writes else []
     print(f"read {split.source}: {len(split.adapter)} LoRA tensors, {len(split.trainable)} trainable tensors")
     print(f"checked against base model {checked}" if checked else "base model not found locally: shapes unchecked")
     for path in written:
         print(f"wrote {path}")
+    if not writes:
+        print(f"{output_dir} is already split into adapter and trainable params: nothing written")
 
 
 if __name__ == "__main__":

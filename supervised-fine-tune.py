@@ -35,7 +35,7 @@ from longctx.plots import plot_loss_curve
 from longctx.qa_accuracy import load_questions, qa_accuracy
 from longctx.sft_batching import SortedBatchSampler, build_sft_dataset, collate_sft
 from longctx.sft_data import load_sft_samples
-from longctx.trainer import load_training_model, prepare_for_training, report_training, train_and_save, training_record
+from longctx.trainer import check_output_dir, load_training_model, prepare_for_training, report_training, train_and_save, training_record
 
 
 def accuracy_check(model, tokenizer, questions, template: str, check_args, is_main_process: bool) -> dict | None:
@@ -49,6 +49,8 @@ def main():
         (ModelArguments, SFTDataArguments, QACheckArguments, LongContextTrainingArguments), __doc__
     )
     started = time.perf_counter()
+    inputs = {"--model_name_or_path": model_args.model_name_or_path, "--data_path": data_args.data_path}
+    check_output_dir(train_args, {**inputs, "--eval_data_path": check_args.eval_data_path})
     model, tokenizer = load_training_model(model_args, train_args)
     samples, stats = load_sft_samples(
         data_args.data_path, tokenizer, train_args.model_max_length, data_args.prompt_template, data_args.max_train_samples
