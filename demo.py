@@ -113,8 +113,7 @@ def build_app(args: DemoArguments, model, tokenizer) -> gr.Blocks:
 def main():
     (args,) = parse_dataclasses((DemoArguments,), __doc__)
     check_port_free(args.host, args.port)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_for_inference(**args.load_options(None), device=device)
+    model, tokenizer = load_for_inference(**args.loading_options(None))
     torch.manual_seed(args.seed)
     app = build_app(args, model, tokenizer)
     print(

@@ -35,8 +35,7 @@ from longctx.modeling import load_for_inference
 def main():
     (args,) = parse_dataclasses((InferenceArguments,), __doc__)
     material = read_material(args.material, ocr=args.ocr)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_for_inference(**args.load_options(None), device=device)
+    model, tokenizer = load_for_inference(**args.loading_options(None))
     window = args.window(model)
     question = args.question or input("question> ")
     user_turn, size = first_turn(tokenizer, material, question, window, args)

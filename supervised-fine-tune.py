@@ -63,7 +63,7 @@ def main():
     if check_args.eval_data_path and is_deepspeed_zero3_enabled():
         print("ZeRO-3 splits every weight across processes: no before/after accuracy check; run python -m longctx.qa_accuracy")
     elif check_args.eval_data_path:
-        questions = load_questions(check_args.eval_data_path, check_args.eval_samples)
+        questions = load_questions(check_args.eval_data_path, check_args.eval_samples, data_args.prompt_template)
     is_main_process = train_args.process_index == 0
     before = accuracy_check(model, tokenizer, questions, data_args.prompt_template, check_args, is_main_process)
 

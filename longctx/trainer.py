@@ -130,19 +130,29 @@ def restore_trainable_params(model, checkpoint: str, deepspeed: bool = False) ->
 
 
 def load_training_model(model_args, train_args):
-    """Model and tokenizer with RoPE scaled to --model_max_length (and QLoRA's 4-bit base when asked)."""
+    """Model and tokenizer with RoPE scaled to --model_max_length (and QLoRA's 4-bit base when asked).
+
+    A tokenizer without a pad token gets LongLoRA's `[PAD]` (longctx.special_tokens), so the trained
+    embeddings have LongLoRA's rows and its scripts and ours read each other's weights.
+    """
     from longctx.modeling import load_model_and_tokenizer
+    from longctx.special_tokens import add_pad_token
+    from longctx.upstream import check_model_type
 
     if model_args.load_in_4bit and not train_args.low_rank_training:
         raise ValueError("--load_in_4bit trains LoRA+ on a frozen 4-bit base; it needs --low_rank_training True")
-    return load_model_and_tokenizer(
+    model, tokenizer = load_model_and_tokenizer(
         model_args.model_name_or_path,
         dtype=model_args.dtype,
         context_size=train_args.model_max_length,
         rope_method=model_args.rope_method,
         rope_options=model_args.rope_options(),
+        cache_dir=model_args.cache_dir,
         **model_args.quantization_options(),
     )
+    check_model_type(model_args.model_type, model.config)
+    add_pad_token(model, tokenizer)
+    return model, tokenizer
 
 
 def training_record(model, model_args, train_args) -> TrainingRecord:
@@ -155,13 +165,14 @@ def training_record(model, model_args, train_args) -> TrainingRecord:
         base_model=model_args.model_name_or_path,
         group_size_ratio=train_args.group_size_ratio,
         group_size=train_args.group_size,
+        trainable_params=train_args.trainable_params if train_args.low_rank_training else None,
     )
 
 
 def prepare_for_training(model, train_args, sft_group_size: int | None = None):
     """S²-Attn (unless --use_full_attn) and LoRA+ (with --low_rank_training); returns (model, trainable count)."""
     from longctx.attention import enable_s2_attn
-    from longctx.lora import count_parameters, setup_lora
+    from longctx.lora import attention_lora_targets, count_parameters, setup_lora
 
     if not train_args.use_full_attn:
         enable_s2_attn(
@@ -173,7 +184,7 @@ def prepare_for_training(model, train_args, sft_group_size: int | None = None):
             r=train_args.lora_r,
             alpha=train_args.lora_alpha,
             dropout=train_args.lora_dropout,
-            target=train_args.lora_target,
+            target=train_args.lora_target or attention_lora_targets(model.config),
             trainable_params=train_args.trainable_params,
         )
     trainable, total = count_parameters(model)
