@@ -1,17 +1,20 @@
 """Merge LoRA adapter(s) and LoRA+ trainable weights into a base model; save a plain HF model.
 
 Each --peft_model folder (adapter_model.safetensors, adapter_config.json, trainable_params.safetensors,
-as fine-tune.py and get_trainable_weights.py write them) is applied in the order given. The saved
-config carries the RoPE scaling for --context_size, so the merged model reads long inputs as is.
-The save is atomic: on any error no --save_path folder is left behind.
+as fine-tune.py and get_trainable_weights.py write them; LongLoRA's .bin files too) is applied in the
+order given. The saved config carries the RoPE scaling for --context_size, so the merged model reads
+long inputs as is. Plain LoRA adapters merge as they are; a folder that says it trained embeddings and
+norms (LoRA+) but lacks their file is refused. The save is atomic: on any error no --save_path folder
+is left behind.
 
+LongLoRA's command:
     python merge_lora_weights_and_save_hf_model.py --base_model smollm2 \
         --peft_model outputs/smollm2-16k --context_size 16384 --save_path outputs/smollm2-16k-merged
 
-Several stages in order (Gradient's 1048k recipe), in bfloat16 for a large model:
-    python merge_lora_weights_and_save_hf_model.py --base_model path/to/Llama-3-8B-Instruct \
-        --peft_model outputs/stage-65k outputs/stage-262k --context_size 262144 --rope_method theta \
-        --dtype bfloat16 --save_path outputs/llama3-262k
+Several stages in order (Gradient's 1048k recipe), with Gradient's merge_adapters.py flags:
+    python merge_lora_weights_and_save_hf_model.py --base_model_name_or_path path/to/Llama-3-8B-Instruct \
+        --peft_model_paths outputs/stage-65k outputs/stage-262k --output_dir outputs/llama3-262k \
+        --device auto --dtype bfloat16
 """
 
 from dataclasses import dataclass, field
@@ -26,10 +29,19 @@ from longctx.rope import ROPE_METHODS, context_window
 
 @dataclass
 class Arguments:
-    peft_model: list[str] = field(metadata={"help": "adapter folder(s), merged in the order given"})
-    context_size: int = field(metadata={"help": "context length the merged model is for (RoPE is scaled to it)"})
-    save_path: str = field(metadata={"help": "new folder for the merged model and tokenizer"})
-    base_model: str = field(default="smollm2", metadata={"help": "'smollm2', a local HF folder or a cached hub id"})
+    peft_model: list[str] = field(
+        metadata={"help": "adapter folder(s), merged in the order given", "aliases": ["--peft_model_paths"]}
+    )
+    save_path: str = field(metadata={"help": "new folder for the merged model and tokenizer", "aliases": ["--output_dir"]})
+    context_size: int | None = field(
+        default=None,
+        metadata={"help": "context length the merged model is for (RoPE is scaled to it; default: the longest "
+                          "length an adapter was trained at, else the base model's window: no change)"},
+    )
+    base_model: str = field(
+        default="smollm2",
+        metadata={"help": "'smollm2', a local HF folder or a cached hub id", "aliases": ["--base_model_name_or_path"]},
+    )
     dtype: str = field(default="float32", metadata={"help": f"dtype to merge and save in: {', '.join(DTYPES)}"})
     rope_method: str = field(
         default="linear", metadata={"help": f"RoPE scaling used in training: {', '.join(ROPE_METHODS)}"}
@@ -37,17 +49,36 @@ class Arguments:
     rope_factor: float | None = field(
         default=None, metadata={"help": "RoPE factor used in training (default: from --context_size)"}
     )
-    require_trainable_params: bool = field(
-        default=True, metadata={"help": "refuse adapter folders without trainable_params (False: LoRA-only adapters)"}
+    require_trainable_params: bool | None = field(
+        default=None,
+        metadata={"help": "True: refuse folders without trainable_params; False: merge LoRA alone; default: refuse "
+                          "only a folder that says it trained them (its training record, or a whole checkpoint)"},
     )
+    device: str = field(
+        default="cpu", metadata={"help": "where to merge (Gradient's flag): cpu, cuda, cuda:N, or auto to spread over the GPUs"}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "run the model's own code (Gradient's flag; off unless asked; it must be local)"}
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Hugging Face cache folder to find hub ids in (LongLoRA's flag); local files only"}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "refused: nothing is uploaded from here (Gradient's flag)"})
 
     def __post_init__(self):
-        if self.context_size <= 0:
+        if self.context_size is not None and self.context_size <= 0:
             raise ValueError(f"--context_size must be positive (got {self.context_size})")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype} is not one of {', '.join(DTYPES)}")
         if self.rope_method not in ROPE_METHODS:
             raise ValueError(f"--rope_method {self.rope_method} is not one of {', '.join(ROPE_METHODS)}")
+        if self.push_to_hub:
+            raise ValueError("--push_to_hub: longctx uploads nothing; upload --save_path yourself (huggingface-cli upload)")
+        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
+            raise ValueError(f"--device {self.device}: choose cpu, cuda, cuda:N or auto")
+
+    def device_map(self) -> str | dict | None:
+        return None if self.device == "cpu" else "auto" if self.device == "auto" else {"": self.device}
 
 
 def main():
@@ -61,6 +92,9 @@ def main():
         rope_method=args.rope_method,
         rope_options=None if args.rope_factor is None else {"factor": args.rope_factor},
         require_trainable_params=args.require_trainable_params,
+        device_map=args.device_map(),
+        cache_dir=args.cache_dir,
+        trust_remote_code=args.trust_remote_code,
     )
     config = AutoConfig.from_pretrained(save_path)
     print(f"merged {len(args.peft_model)} adapter(s) into {args.base_model}; saved to {save_path}")

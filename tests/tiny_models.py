@@ -41,8 +41,8 @@ CHAT_TEMPLATE = (
 def tiny_tokenizer(vocab_size: int = 320, pad: bool = True, add_bos: bool = False):
     """A byte-level BPE tokenizer trained in a second on a bundled book, with <s>, </s> and <pad>.
 
-    `pad=False` leaves out the pad token and `add_bos=True` puts <s> before every encoded text:
-    Llama-2's tokenizer, as LongLoRA meets it.
+    `pad=False` has <unk> in place of <pad> (Llama-2's ids: 0 <unk>, 1 <s>, 2 </s>) and no pad token;
+    `add_bos=True` puts <s> before every encoded text: with both, Llama-2's tokenizer as LongLoRA meets it.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -51,7 +51,7 @@ def tiny_tokenizer(vocab_size: int = 320, pad: bool = True, add_bos: bool = Fals
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<pad>", "<s>", "</s>"],
+        special_tokens=["<pad>" if pad else "<unk>", "<s>", "</s>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -65,6 +65,7 @@ def tiny_tokenizer(vocab_size: int = 320, pad: bool = True, add_bos: bool = Fals
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>" if pad else None,
+        unk_token=None if pad else "<unk>",
         chat_template=CHAT_TEMPLATE,
     )
 
