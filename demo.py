@@ -28,6 +28,7 @@ from longctx.chat import ChatSession
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.material import encode, first_turn, read_material
 from longctx.modeling import load_for_inference
+from longctx.prompts import usable_template
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -114,6 +115,7 @@ def main():
     (args,) = parse_dataclasses((DemoArguments,), __doc__)
     check_port_free(args.host, args.port)
     model, tokenizer = load_for_inference(**args.loading_options(None))
+    args.prompt_template = usable_template(tokenizer, args.prompt_template)
     torch.manual_seed(args.seed)
     app = build_app(args, model, tokenizer)
     print(

@@ -32,6 +32,7 @@ from longctx.args import LongContextTrainingArguments, ModelArguments, QACheckAr
 from longctx.attention import LONGLORA_SFT_GROUP_SIZE, disable_s2_attn
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.plots import plot_loss_curve
+from longctx.prompts import usable_template
 from longctx.qa_accuracy import load_questions, qa_accuracy
 from longctx.sft_batching import SortedBatchSampler, build_sft_dataset, collate_sft
 from longctx.sft_data import load_sft_samples
@@ -50,6 +51,7 @@ def main():
     )
     started = time.perf_counter()
     model, tokenizer = load_training_model(model_args, train_args)
+    data_args.prompt_template = usable_template(tokenizer, data_args.prompt_template)
     samples, stats = load_sft_samples(
         data_args.data_path, tokenizer, train_args.model_max_length, data_args.prompt_template, data_args.max_train_samples
     )

@@ -176,6 +176,8 @@ class LongContextTrainingArguments(TrainingArguments):
             if self.tf32:  # LongLoRA's commands pass --tf32 True, which transformers refuses without an NVIDIA GPU
                 print("--tf32 True ignored: TF32 matmuls need an NVIDIA GPU", flush=True)
                 self.tf32 = None
+            if self.bf16:  # transformers takes --bf16 True (bfloat16 autocast) on a CPU only with --use_cpu
+                self.use_cpu = True
         super().__post_init__()
 
 
@@ -436,11 +438,9 @@ class ReadingArguments(InferenceModelArguments):
 
         super().__post_init__()
         check_template(self.prompt_template)
-        if self.material_type is None:
-            self.material_type = "none" if self.prompt_template == "llama2" else "material"
         if self.truncate not in TRUNCATIONS:
             raise ValueError(f"--truncate {self.truncate} is not one of {', '.join(TRUNCATIONS)}")
-        if self.material_type not in MATERIAL_TYPES:
+        if self.material_type is not None and self.material_type not in MATERIAL_TYPES:
             raise ValueError(f"--material_type {self.material_type} is not one of {', '.join(MATERIAL_TYPES)}")
         if self.max_gen_len <= 0:
             raise ValueError(f"--max_gen_len must be positive (got {self.max_gen_len})")
@@ -459,7 +459,8 @@ class ReadingArguments(InferenceModelArguments):
 
     def material_options(self) -> dict:
         """Keyword arguments of longctx.material.fit_material and material_turn for the material's layout."""
-        return {"material_type": self.material_type, "title": self.material_title}
+        layout = self.material_type or ("none" if self.prompt_template == "llama2" else "material")
+        return {"material_type": layout, "title": self.material_title}
 
     def streaming(self) -> tuple[int, int] | None:
         return (self.start_size, self.recent_size) if self.enable_streaming else None

@@ -38,7 +38,8 @@ from longctx.lora import (
     save_safetensors_atomic,
     trainable_params_path,
 )
-from longctx.modeling import resolve_model_path
+from longctx.modeling import load_tokenizer, resolve_model_path
+from longctx.special_tokens import add_tokens_for_trainable_params
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -203,6 +204,7 @@ def check_against_base(split: SplitCheckpoint, base_model: str | None = None) ->
     config = AutoConfig.from_pretrained(model_path, local_files_only=True)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
+        add_tokens_for_trainable_params(skeleton, load_tokenizer(model_path), split.trainable)  # LongLoRA's [PAD] row
     check_trainable_params(skeleton, split.trainable, split.source)
     check_adapter_fits(skeleton, split.adapter, split.source)
     return name

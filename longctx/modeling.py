@@ -83,7 +83,7 @@ def resolve_model_path(model_name_or_path: str, cache_dir: str | None = None) ->
     """Turn the alias, a folder, a .gguf file or a cached hub id into a loadable folder or id.
 
     Hub ids are looked up in the local Hugging Face cache (`cache_dir`, LongLoRA's --cache_dir, else the
-    default one); nothing is downloaded.
+    default one) and become their snapshot folder; nothing is downloaded.
     """
     if model_name_or_path == DEFAULT_MODEL:
         return str(converted_gguf_folder(smollm2_gguf_path()))
@@ -96,15 +96,20 @@ def resolve_model_path(model_name_or_path: str, cache_dir: str | None = None) ->
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} is a folder without config.json, so not a Hugging Face model folder")
         return str(path)
+    from huggingface_hub import snapshot_download
+
+    # the cached snapshot's folder: transformers 5 otherwise asks the hub for an adapter_config.json of a hub id
     try:
-        AutoConfig.from_pretrained(model_name_or_path, local_files_only=True, cache_dir=cache_dir)
-    except (OSError, ValueError):
+        snapshot = Path(snapshot_download(model_name_or_path, cache_dir=cache_dir, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached, or not a valid repo id: the same answer
+        snapshot = None
+    if snapshot is None or not (snapshot / "config.json").is_file():
         cache = f" ({cache_dir})" if cache_dir else ""
         raise FileNotFoundError(
             f"unknown model {model_name_or_path!r}: looked for the alias '{DEFAULT_MODEL}', a local folder with "
             f"config.json, a .gguf file, and a hub id in the local Hugging Face cache{cache} (nothing is downloaded)"
-        ) from None
-    return model_name_or_path
+        )
+    return str(snapshot)
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -15,6 +15,8 @@ format's too (`starts_with_bos`): LongLoRA tokenizes with the tokenizer's specia
 BOS), LongQLoRA without any.
 """
 
+import sys
+
 PROMPT_TEMPLATES = ("chat", "llama2", "vicuna")
 
 LLAMA2_SYSTEM_PROMPT = (
@@ -36,6 +38,16 @@ def check_template(template: str, tokenizer=None) -> None:
         raise ValueError(f"--prompt_template {template!r}: choose one of {', '.join(PROMPT_TEMPLATES)}")
     if template == "chat" and tokenizer is not None and not getattr(tokenizer, "chat_template", None):
         raise ValueError("the tokenizer has no chat template: pass --prompt_template llama2 or vicuna")
+
+
+def usable_template(tokenizer, template: str) -> str:
+    """`template`, except "chat" on a tokenizer without a chat template (Llama-2 base, LongAlpaca): LongLoRA's
+    llama2 format then, the one such models were tuned in by LongLoRA, with one line saying so."""
+    if template == "chat" and not getattr(tokenizer, "chat_template", None):
+        print("the tokenizer has no chat template: prompts use LongLoRA's llama2 format (--prompt_template llama2)", file=sys.stderr)
+        return "llama2"
+    check_template(template, tokenizer)
+    return template
 
 
 def _split_system(messages: list[dict]) -> tuple[str | None, list[dict]]:

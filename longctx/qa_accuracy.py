@@ -72,11 +72,16 @@ def main():
     model_args, check_args = parse_dataclasses((QAAccuracyArguments, QACheckArguments), __doc__)
     if not check_args.eval_data_path:
         raise ValueError("--eval_data_path is required: held-out questions from python -m longctx.build_qa_data")
-    questions = load_questions(check_args.eval_data_path, check_args.eval_samples, model_args.prompt_template)
+    from longctx.modeling import load_tokenizer, resolve_model_path
+    from longctx.prompts import usable_template
+
+    tokenizer = load_tokenizer(resolve_model_path(model_args.base_model, model_args.cache_dir), model_args.cache_dir)
+    template = usable_template(tokenizer, model_args.prompt_template)
+    questions = load_questions(check_args.eval_data_path, check_args.eval_samples, template)
     longest = max(len(message["content"]) for conversation, _ in questions for message in conversation.messages) // 3
     model, tokenizer = load_for_inference(**model_args.loading_options(longest))  # longest: ~tokens, generous
     began = time.perf_counter()
-    result = qa_accuracy(model, tokenizer, questions, model_args.prompt_template, check_args.eval_max_new_tokens)
+    result = qa_accuracy(model, tokenizer, questions, template, check_args.eval_max_new_tokens)
     result.update(
         base_model=model_args.base_model,
         peft_model=model_args.peft_model,

@@ -41,7 +41,7 @@ CHAT_TEMPLATE = (
 def tiny_tokenizer(vocab_size: int = 320, pad: bool = True, add_bos: bool = False):
     """A byte-level BPE tokenizer trained in a second on a bundled book, with <s>, </s> and <pad>.
 
-    `pad=False` has <unk> in place of <pad> (Llama-2's ids: 0 <unk>, 1 <s>, 2 </s>) and no pad token;
+    `pad=False` has <unk> in place of <pad> (Llama-2's ids: 0 <unk>, 1 <s>, 2 </s>), no pad token and no chat template;
     `add_bos=True` puts <s> before every encoded text: with both, Llama-2's tokenizer as LongLoRA meets it.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -66,7 +66,7 @@ def tiny_tokenizer(vocab_size: int = 320, pad: bool = True, add_bos: bool = Fals
         eos_token="</s>",
         pad_token="<pad>" if pad else None,
         unk_token=None if pad else "<unk>",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=CHAT_TEMPLATE if pad else None,  # Llama-2's base tokenizer has no chat template
     )
 
 
