@@ -65,8 +65,9 @@ def read_instructions(path: str) -> list[str]:
         raise ValueError(f"--test_filepath {path}:{error.lineno}: invalid JSON ({error.msg})") from None
     if not isinstance(records, list):
         raise ValueError(f"--test_filepath {path}: expected a JSON list of records")
-    instructions = [record if isinstance(record, str) else record.get("instruction") for record in records if isinstance(record, (str, dict))]
-    if len(instructions) != len(records) or not all(isinstance(text, str) and text.strip() for text in instructions):
+    instructions = [record if isinstance(record, str) else record.get("instruction") if isinstance(record, dict) else None
+                    for record in records]
+    if not all(isinstance(text, str) and text.strip() for text in instructions):
         raise ValueError(f"--test_filepath {path}: every record needs a non-empty 'instruction'")
     return instructions
 
@@ -85,7 +86,8 @@ def main():
         print("\n" + prompt, end="", flush=True)
         answer_ids = session.continue_with(tokenizer(prompt)["input_ids"], streamer)
         rounds.append({"instruction": instruction, "answer": tokenizer.decode(answer_ids, skip_special_tokens=True)})
-    print(f"{len(rounds)} rounds; {len(session.history):,} tokens seen, {session.cached_tokens():,} in the cache", file=sys.stderr)
+    seen, cached = len(session.history), session.cached_tokens()
+    print(f"{len(rounds)} rounds; {seen:,} tokens seen, {cached:,} in the cache", file=sys.stderr)
     if args.output_json:
         write_json_atomic(args.output_json, {"config": {**vars(args)}, "rounds": rounds})
 

@@ -44,7 +44,8 @@ def usable_template(tokenizer, template: str) -> str:
     """`template`, except "chat" on a tokenizer without a chat template (Llama-2 base, LongAlpaca): LongLoRA's
     llama2 format then, the one such models were tuned in by LongLoRA, with one line saying so."""
     if template == "chat" and not getattr(tokenizer, "chat_template", None):
-        print("the tokenizer has no chat template: prompts use LongLoRA's llama2 format (--prompt_template llama2)", file=sys.stderr)
+        print("the tokenizer has no chat template: prompts use LongLoRA's llama2 format (--prompt_template llama2)",
+              file=sys.stderr)
         return "llama2"
     check_template(template, tokenizer)
     return template

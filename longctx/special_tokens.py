@@ -61,8 +61,8 @@ def resize_embeddings(model, rows: int) -> None:
     model.resize_token_embeddings(rows, mean_resizing=False)
     if rows <= old_rows:
         return
-    embeddings = {id(module.weight): module.weight for module in (model.get_input_embeddings(), model.get_output_embeddings()) if module is not None}
-    weights = list(embeddings.values())
+    modules = (model.get_input_embeddings(), model.get_output_embeddings())
+    weights = list({id(module.weight): module.weight for module in modules if module is not None}.values())  # tied: once
     with _gathered(weights), torch.no_grad():
         for weight in weights:
             if weight.device.type != "meta":
@@ -142,7 +142,8 @@ def add_tokens_for_trainable_params(model, tokenizer, trainable: str | Path | di
     if len(tokenizer) != rows:
         raise ValueError(
             f"{source}: {name} has {rows} rows, the model {model_rows} and its tokenizer {len(tokenizer)} tokens "
-            f"(with LongLoRA's missing special tokens {', '.join(added.values()) or 'none'} added): trained on another vocabulary"
+            f"(with LongLoRA's missing special tokens {', '.join(added.values()) or 'none'} added): "
+            "trained on another vocabulary"
         )
     if "pad_token" in added:
         _set_pad_token_id(model, tokenizer)
