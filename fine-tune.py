@@ -33,7 +33,7 @@ from longctx.attention import disable_s2_attn
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.data import collate_rows, default_eval_data, default_pretraining_data, load_pretraining_dataset
 from longctx.evaluation import rows_perplexity
-from longctx.trainer import load_training_model, prepare_for_training, report_training, train_and_save, training_record
+from longctx.trainer import continued_adapter, load_training_model, prepare_for_training, report_training, train_and_save, training_record
 
 
 def perplexity_check(model, rows, is_main_process: bool) -> dict | None:
@@ -41,6 +41,22 @@ def perplexity_check(model, rows, is_main_process: bool) -> dict | None:
     if rows is None or not is_main_process:
         return None
     return rows_perplexity(model, rows)
+
+
+def training_free_check(model_args, train_args, rows, before: dict | None) -> dict | None:
+    """What a flag gets without training on the same rows: YaRN at the training's length (the best
+    training-free RoPE scaling on held-out books, bench/RESULTS.md). The check before training is that
+    figure when the run itself starts from untrained YaRN; otherwise it costs one more load and pass."""
+    if before is None or model_args.load_in_4bit:  # a second full-precision copy is what QLoRA avoids
+        return None
+    if model_args.rope_method == "yarn" and not model_args.start_from:
+        return {**before, "method": "yarn"}
+    from longctx.modeling import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(
+        model_args.model_name_or_path, dtype=model_args.dtype, context_size=train_args.model_max_length, rope_method="yarn"
+    )
+    return {**rows_perplexity(model, rows), "method": "yarn"}
 
 
 def main():
@@ -68,9 +84,10 @@ def main():
         )
     is_main_process = train_args.process_index == 0
     before = perplexity_check(model, eval_rows, is_main_process)
+    training_free = training_free_check(model_args, train_args, eval_rows, before)
 
     record = training_record(model, model_args, train_args)
-    model, trainable = prepare_for_training(model, train_args)
+    model, trainable = prepare_for_training(model, train_args, continue_from=continued_adapter(model_args))
     result, _ = train_and_save(model, train_args, train_rows, collate_rows, tokenizer, record=record)
 
     disable_s2_attn(model)
@@ -84,12 +101,17 @@ def main():
         "s2_attn": not train_args.use_full_attn,
         "trainable_parameters": trainable,
         "train_rows": len(train_rows),
+        "perplexity_training_free": training_free,
         "perplexity_before": before,
         "perplexity_after": after,
     }
     comparison = None
     if before and after:
-        comparison = f"perplexity @ {before['seq_len']} tokens: before {before['perplexity']:.2f}, after {after['perplexity']:.2f}"
+        reference = f"YaRN without training {training_free['perplexity']:.2f}, " if training_free else ""
+        comparison = (
+            f"perplexity @ {before['seq_len']} tokens of held-out text: {reference}"
+            f"before {before['perplexity']:.2f}, after {after['perplexity']:.2f}"
+        )
     report_training(summary, result, started, train_args.output_dir, "fine-tune-results.json", comparison)
 
 

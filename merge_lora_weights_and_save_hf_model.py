@@ -2,19 +2,23 @@
 
 Each --peft_model folder (adapter_model.safetensors, adapter_config.json, trainable_params.safetensors,
 as fine-tune.py and get_trainable_weights.py write them; LongLoRA's .bin files too) is applied in the
-order given. The saved config carries the RoPE scaling for --context_size, so the merged model reads
-long inputs as is. Plain LoRA adapters merge as they are; a folder that says it trained embeddings and
-norms (LoRA+) but lacks their file is refused. The save is atomic: on any error no --save_path folder
-is left behind.
+order given. The saved config carries the RoPE the adapters were trained with (the last folder's
+longctx_training.json), or for LoRA+ folders without one (LongLoRA's) the linear scaling for
+--context_size, so the merged model reads long inputs as is; plain LoRA folders without one
+(Gradient's) keep the base model's RoPE. Plain LoRA adapters merge as they are; a folder that says it
+trained embeddings and norms (LoRA+) but lacks their file is refused. The save is atomic: on any
+error no --save_path folder is left behind.
 
-LongLoRA's command:
     python merge_lora_weights_and_save_hf_model.py --base_model smollm2 \
-        --peft_model outputs/smollm2-16k --context_size 16384 --save_path outputs/smollm2-16k-merged
+        --peft_model outputs/smollm2-16k --save_path outputs/smollm2-16k-merged
 
-Several stages in order (Gradient's 1048k recipe), with Gradient's merge_adapters.py flags:
+Several stages in order (Gradient's 1048k recipe; progressive.py does this itself), with Gradient's
+merge_adapters.py flags, in bfloat16 for a large model:
     python merge_lora_weights_and_save_hf_model.py --base_model_name_or_path path/to/Llama-3-8B-Instruct \
         --peft_model_paths outputs/stage-65k outputs/stage-262k --output_dir outputs/llama3-262k \
         --device auto --dtype bfloat16
+
+A LongLoRA folder (no training record): --context_size 32768 gives LongLoRA's linear factor.
 """
 
 from dataclasses import dataclass, field
@@ -35,16 +39,17 @@ class Arguments:
     save_path: str = field(metadata={"help": "new folder for the merged model and tokenizer", "aliases": ["--output_dir"]})
     context_size: int | None = field(
         default=None,
-        metadata={"help": "context length the merged model is for (RoPE is scaled to it; default: the longest "
-                          "length an adapter was trained at, else the base model's window: no change)"},
+        metadata={"help": "context length the merged model is for (default: the training length the last adapter "
+                          "records; plain LoRA adapters without one: the base model's window)"},
     )
     base_model: str = field(
         default="smollm2",
         metadata={"help": "'smollm2', a local HF folder or a cached hub id", "aliases": ["--base_model_name_or_path"]},
     )
     dtype: str = field(default="float32", metadata={"help": f"dtype to merge and save in: {', '.join(DTYPES)}"})
-    rope_method: str = field(
-        default="linear", metadata={"help": f"RoPE scaling used in training: {', '.join(ROPE_METHODS)}"}
+    rope_method: str | None = field(
+        default=None,
+        metadata={"help": f"RoPE scaling used in training: {', '.join(ROPE_METHODS)} (default: the adapters' record, else linear)"},
     )
     rope_factor: float | None = field(
         default=None, metadata={"help": "RoPE factor used in training (default: from --context_size)"}
@@ -70,7 +75,7 @@ class Arguments:
             raise ValueError(f"--context_size must be positive (got {self.context_size})")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype} is not one of {', '.join(DTYPES)}")
-        if self.rope_method not in ROPE_METHODS:
+        if self.rope_method is not None and self.rope_method not in ROPE_METHODS:
             raise ValueError(f"--rope_method {self.rope_method} is not one of {', '.join(ROPE_METHODS)}")
         if self.push_to_hub:
             raise ValueError("--push_to_hub: longctx uploads nothing; upload --save_path yourself (huggingface-cli upload)")

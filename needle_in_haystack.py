@@ -9,9 +9,9 @@ depth x length heatmap PNG and the JSON of every reply.
 The bundled SmolLM2 on the bundled held-out book, 1k-8k tokens, 11 depths:
     python needle_in_haystack.py --max_tokens 8192 --interval 1024 --output_json outputs/needle/smollm2.json
 
-The three evaluation books of the shared data, 3 haystacks per cell, a fine-tuned 16k model:
-    python needle_in_haystack.py --haystack ../shared/data/pg19/pg19test_29973.txt,../shared/data/pg19/pg19test_30752.txt,../shared/data/pg19/pg19test_41603.txt \
-        --num_tests 3 --max_tokens 16384 --interval 2048 --context_size 16384 \
+The three held-out books (data/pg19_eval), 3 haystacks per cell, a fine-tuned 16k model (its RoPE
+comes from its folder):
+    python needle_in_haystack.py --haystack data/pg19_eval --num_tests 3 --max_tokens 16384 --interval 2048 \
         --peft_model outputs/smollm2-16k --output_json outputs/needle/16k.json
 
 Your own needle: --needle "..." --question "..." --answer "..." --answer_prefix "..." (the answer

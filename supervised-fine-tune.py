@@ -36,7 +36,7 @@ from longctx.prompts import usable_template
 from longctx.qa_accuracy import load_questions, qa_accuracy
 from longctx.sft_batching import SortedBatchSampler, build_sft_dataset, collate_sft
 from longctx.sft_data import load_sft_samples
-from longctx.trainer import load_training_model, prepare_for_training, report_training, train_and_save, training_record
+from longctx.trainer import continued_adapter, load_training_model, prepare_for_training, report_training, train_and_save, training_record
 
 
 def accuracy_check(model, tokenizer, questions, template: str, check_args, is_main_process: bool) -> dict | None:
@@ -71,7 +71,9 @@ def main():
 
     sft_group_size = None if train_args.group_size else LONGLORA_SFT_GROUP_SIZE
     record = training_record(model, model_args, train_args)
-    model, trainable = prepare_for_training(model, train_args, sft_group_size=sft_group_size)
+    model, trainable = prepare_for_training(
+        model, train_args, sft_group_size=sft_group_size, continue_from=continued_adapter(model_args)
+    )
     collator = functools.partial(collate_sft, pad_token_id=tokenizer.pad_token_id or 0)
     result, trainer = train_and_save(
         model, train_args, dataset, collator, tokenizer, train_sampler=sampler, record=record

@@ -1,20 +1,17 @@
 """Training-free extension of SmolLM2 (native 8192): perplexity by RoPE scaling method and Dual Chunk
 Attention, and the prefill time of DCA against plain SDPA.
 
-Perplexity: one window from each book's start, every token scored, fp32. Every method except
-dynamic NTK is causal-consistent (a token's logits depend only on earlier tokens and their
-absolute positions; tests/test_chunk_attention.py checks it), so ONE forward at the longest length
-gives all shorter lengths as prefix perplexities. Dynamic NTK rescales with the total length, so it
-runs once per length beyond the native window (within it, it equals no scaling). `sliding` is the
-reference with no long context: the native model over windows of its own length, every token
-scored once with 4k-8k tokens before it, so a method that beats it uses the far text. Results go to
+Perplexity: one window from each book's start, every token scored, fp32, one forward at the longest
+length giving every shorter one (longctx.length_curves). Dynamic NTK rescales with the total length,
+so it runs once per length beyond the native window (within it, it equals no scaling). `sliding` is
+the reference with no long context (longctx.length_curves.sliding_window_losses). Results go to
 --output_json after every (book, method), and finished pairs are skipped on a re-run, so a long
 table can be built one method at a time:
 
     flock /tmp/longctx-heavy.lock python bench/dca.py --suite perplexity --methods dca \\
         --output_json bench/dca/perplexity.json
     python bench/dca.py --suite perplexity --methods none,linear:4,dynamic:4,yarn:4,theta:4,dca,sliding \\
-        --books data/pg19_eval/pg19test_29973.txt,../shared/data/pg19/pg19test_30752.txt \\
+        --books data/pg19_eval/pg19test_29973.txt,data/pg19_eval/pg19test_30752.txt \\
         --output_json bench/dca/perplexity.json
 
 Prefill time (a TIMING: run it on an idle machine): the decoder's forward over a whole prompt,
@@ -28,7 +25,6 @@ Passkey retrieval goes through passkey_retrivial.py (see bench/RESULTS.md for th
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import platform
@@ -40,7 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_BOOKS = "data/pg19_eval/pg19test_29973.txt,../shared/data/pg19/pg19test_30752.txt,../shared/data/pg19/pg19test_41603.txt"
+DEFAULT_BOOKS = "data/pg19_eval/pg19test_29973.txt,data/pg19_eval/pg19test_30752.txt,data/pg19_eval/pg19test_41603.txt"
+from longctx.length_curves import book_tokens, per_book_table, perplexity_table, prefix_losses, sliding_window_losses  # noqa: E402
+
 DEFAULT_METHODS = "none,linear:4,dynamic:4,yarn:4,theta:4,dca,sliding"
 
 
@@ -72,63 +70,6 @@ def load(args, method: str, context_size: int):
     return load_for_inference(args.model, context_size=context_size, rope_method=rope_method, rope_options=options)
 
 
-def book_tokens(path: str, tokenizer, length: int):
-    import torch
-
-    text = (ROOT / path).read_text(encoding="utf-8")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) < length:
-        raise ValueError(f"{path} holds {len(ids)} tokens, fewer than {length}")
-    return torch.tensor(ids[:length])[None]
-
-
-def prefix_losses(model, input_ids, lengths: list[int]) -> dict[int, float]:
-    """Mean next-token loss over the first L tokens for each L, from one forward (chunked head)."""
-    import torch
-
-    from longctx.loss import chunked_causal_lm_loss_sum, decoder_and_head, final_hidden_states
-
-    _, lm_head = decoder_and_head(model)
-    with torch.no_grad():
-        hidden_states = final_hidden_states(model, input_ids=input_ids)
-        total, previous, means = 0.0, 0, {}
-        for length in lengths:  # targets previous .. length - 1 come from hidden positions previous - 1 .. length - 2
-            start = max(previous - 1, 0)
-            total += float(chunked_causal_lm_loss_sum(hidden_states[:, start:length], input_ids[:, start:length], lm_head))
-            means[length] = total / (length - 1)
-            previous = length
-    return means
-
-
-def sliding_window_losses(model, input_ids, lengths: list[int], window: int) -> dict[int, float]:
-    """Mean next-token loss over the first L tokens when no token sees more than `window` - 1 earlier ones.
-
-    The reference for a reader with no long context: the native model over windows of its own length,
-    advancing by half a window, each token scored once (`plan_windows`' strided scoring), so after the
-    first window every token has between window/2 and window - 1 tokens of context.
-    """
-    import torch
-
-    from longctx.evaluation import plan_windows
-    from longctx.loss import chunked_causal_lm_loss_sum, decoder_and_head, final_hidden_states
-
-    _, lm_head = decoder_and_head(model)
-    totals = dict.fromkeys(lengths, 0.0)
-    with torch.no_grad():
-        for span in plan_windows(input_ids.shape[1], window, "strided", window // 2):
-            ids = input_ids[:, span.start : span.start + window]
-            hidden_states = final_hidden_states(model, input_ids=ids)
-            first, end = span.start + span.first_target, span.start + ids.shape[1]  # absolute targets first .. end - 1
-            edges = sorted({first, end, *(length for length in lengths if first < length < end)})
-            # targets low .. high - 1, predicted from hidden positions low - 1 .. high - 2
-            for low, high in itertools.pairwise(edges):
-                piece = slice(low - 1 - span.start, high - span.start)
-                loss_sum = float(chunked_causal_lm_loss_sum(hidden_states[:, piece], ids[:, piece], lm_head))
-                for length in lengths:
-                    totals[length] += loss_sum if high <= length else 0.0
-    return {length: totals[length] / (length - 1) for length in lengths}
-
-
 def perplexity_suite(args) -> dict:
     from longctx.io import write_json_atomic
     from longctx.modeling import load_tokenizer, resolve_model_path
@@ -139,7 +80,7 @@ def perplexity_suite(args) -> dict:
     tokenizer = load_tokenizer(resolve_model_path(args.model))
     longest = args.seq_lens[-1]
     for book in args.books:
-        input_ids = book_tokens(book, tokenizer, longest)
+        input_ids = book_tokens(ROOT / book, tokenizer, longest)
         for method in args.methods:
             if (book, method) in done:
                 continue
@@ -170,37 +111,6 @@ def perplexity_suite(args) -> dict:
     return results
 
 
-def length_name(length: int) -> str:
-    return f"{length // 1024}k" if length % 1024 == 0 else str(length)
-
-
-def perplexity_table(runs: list[dict], lengths: list[int]) -> str:
-    """Markdown: one row per method, perplexity per length, the mean over books (a cell over fewer books says how many)."""
-    methods = list(dict.fromkeys(run["method"] for run in runs))
-    names = [length_name(length) for length in lengths]
-    lines = ["| method | books | " + " | ".join(names) + " |"]
-    lines.append("|---" * (len(lengths) + 2) + "|")
-    for method in methods:
-        chosen = [run for run in runs if run["method"] == method]
-        cells = []
-        for length in lengths:
-            values = [run["perplexity"][str(length)] for run in chosen if str(length) in run["perplexity"]]
-            cell = f"{statistics.mean(values):.2f}" if values else "-"
-            cells.append(cell + (f" ({len(values)} of {len(chosen)} books)" if values and len(values) < len(chosen) else ""))
-        lines.append(f"| {method} | {len(chosen)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def per_book_table(runs: list[dict], lengths: list[int]) -> str:
-    """Markdown: one row per (book, method)."""
-    names = [length_name(length) for length in lengths]
-    lines = ["| book | method | " + " | ".join(names) + " |", "|---" * (len(lengths) + 2) + "|"]
-    for run in sorted(runs, key=lambda run: Path(run["book"]).stem):
-        cells = [f"{run['perplexity'][str(length)]:.2f}" if str(length) in run["perplexity"] else "-" for length in lengths]
-        lines.append(f"| {Path(run['book']).stem} | {run['method']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def prefill_suite(args) -> dict:
     """Median decoder forward time over a prompt, SDPA and DCA on the same weights."""
     import torch
@@ -210,7 +120,7 @@ def prefill_suite(args) -> dict:
     from longctx.modeling import load_for_inference
 
     model, tokenizer = load_for_inference(args.model, rope_method="none")
-    input_ids = book_tokens(args.books[0], tokenizer, args.seq_lens[-1])
+    input_ids = book_tokens(ROOT / args.books[0], tokenizer, args.seq_lens[-1])
     rows = []
     for length in args.seq_lens:
         row = {"seq_len": length}

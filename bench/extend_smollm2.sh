@@ -28,4 +28,30 @@ compgen -G "$output_dir/16k/checkpoint-*" >/dev/null && resume=(--resume_from_ch
     --max_steps 16 --learning_rate 1e-3 --warmup_steps 1 --lr_scheduler_type cosine \
     --save_steps 4 --seed 42 \
     --output_dir "$output_dir/16k" "${resume[@]}"
-"$python" -m longctx.recipe_results "$output_dir"
+# results.json: the run's summary, its loss curve and the held-out perplexity before/after, in one file
+"$python" - "$output_dir" <<'PY'
+import json, sys
+from pathlib import Path
+
+from longctx.io import write_json_atomic
+from transformers.trainer_utils import get_last_checkpoint
+
+output_dir = Path(sys.argv[1])
+stage = output_dir / "16k"
+summary = json.loads((stage / "fine-tune-results.json").read_text())
+state = json.loads((Path(get_last_checkpoint(str(stage))) / "trainer_state.json").read_text())
+before, after = summary["perplexity_before"], summary["perplexity_after"]
+results = {
+    "adapter": str(stage),
+    "training": {key: summary[key] for key in ("steps", "train_loss", "train_seconds", "seconds_per_step", "seconds")},
+    "loss_curve": [{"step": entry["step"], "loss": entry["loss"]} for entry in state["log_history"] if "loss" in entry],
+    "rope": summary["rope"],
+    "perplexity_16k_heldout": {
+        "tokens": f"first {before['seq_len']} tokens of data/pg19_eval (pg19test_29973)",
+        "yarn_x2_no_training": before["perplexity"],
+        "trained": after["perplexity"],
+    },
+}
+write_json_atomic(output_dir / "results.json", results)
+print(json.dumps(results["perplexity_16k_heldout"]))
+PY

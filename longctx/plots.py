@@ -43,18 +43,23 @@ def _length_axis(axes, lengths: Sequence[int]) -> None:
     axes.set_xlabel("context length (tokens)")
 
 
-def plot_perplexity(results: Sequence[dict], path: str | Path, title: str | None = None) -> Path:
-    """Perplexity against `seq_len`, one line per scoring."""
-    figure = _new_figure()
+def plot_perplexity(results: Sequence[dict], path: str | Path, title: str | None = None, series: str = "scoring") -> Path:
+    """Perplexity against `seq_len`, one line per value of `series` (a scoring, a method); log scale
+    when the lines span more than 4x, so a diverging one does not flatten the others."""
+    figure = _new_figure(width=7.2, height=4.8)
     axes = figure.add_subplot()
-    for scoring in dict.fromkeys(result.get("scoring", "") for result in results):
-        points = sorted((r["seq_len"], r["perplexity"]) for r in results if r.get("scoring", "") == scoring)
-        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=scoring or None)
+    names = list(dict.fromkeys(result.get(series, "") for result in results))
+    for name in names:
+        points = sorted((r["seq_len"], r["perplexity"]) for r in results if r.get(series, "") == name)
+        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name or None)
     _length_axis(axes, sorted({r["seq_len"] for r in results}))
+    values = [r["perplexity"] for r in results]
+    if values and max(values) > 4 * min(values):
+        axes.set_yscale("log")
     axes.set_ylabel("perplexity")
     axes.grid(True, alpha=0.3)
-    if len({r.get("scoring", "") for r in results}) > 1:
-        axes.legend()
+    if len(names) > 1:
+        axes.legend(fontsize=8)
     if title:
         axes.set_title(title, fontsize=10)
     return save_figure(figure, path)

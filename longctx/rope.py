@@ -42,6 +42,14 @@ from transformers import PreTrainedConfig
 ROPE_METHODS = ("none", "linear", "dynamic", "yarn", "llama3", "theta")
 
 
+def default_rope_method(options: dict, dca: bool = False) -> str:
+    """The method when none is asked for: theta when a base is given, none under Dual Chunk Attention
+    (it keeps every distance inside the window), else linear (LongLoRA's rule)."""
+    if options.get("rope_theta") is not None:
+        return "theta"
+    return "none" if dca else "linear"
+
+
 def _method_options(method: str) -> tuple[str, ...]:
     """The `**options` each method accepts; anything else is a typo worth an error."""
     match method:

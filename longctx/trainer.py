@@ -14,12 +14,13 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from longctx.lora import base_model_of, has_trainable_params, load_trainable_params, save_trainable_params
 from longctx.loss import DEFAULT_CHUNK_SIZE, causal_lm_loss
-from longctx.training_record import TrainingRecord, record_from_model, write_record
+from longctx.stages import apply_earlier_stages, check_start, stages_below
+from longctx.training_record import TrainingRecord, read_record, record_from_model, write_record
 
 
 class LongContextTrainer(Trainer):
@@ -141,36 +142,51 @@ def load_training_model(model_args, train_args):
 
     if model_args.load_in_4bit and not train_args.low_rank_training:
         raise ValueError("--load_in_4bit trains LoRA+ on a frozen 4-bit base; it needs --low_rank_training True")
+    if model_args.start_from and model_args.load_in_4bit:
+        raise ValueError("--start_from merges earlier stages into the weights; it does not work with --load_in_4bit")
+    if model_args.start_from:
+        check_start(model_args.start_from, model_args.start_mode)
     model, tokenizer = load_model_and_tokenizer(
         model_args.model_name_or_path,
         dtype=model_args.dtype,
         context_size=train_args.model_max_length,
         rope_method=model_args.rope_method,
         rope_options=model_args.rope_options(),
+        training_record=read_record(model_args.start_from),
         cache_dir=model_args.cache_dir,
         **model_args.quantization_options(),
     )
     check_model_type(model_args.model_type, model.config)
-    add_pad_token(model, tokenizer)
+    add_pad_token(model, tokenizer)  # before earlier stages merge: theirs have the same rows
+    if model_args.start_from:
+        model = apply_earlier_stages(model, model_args.start_from, model_args.start_mode)
     return model, tokenizer
+
+
+def continued_adapter(model_args) -> str | None:
+    """The adapter whose training goes on (--start_mode continue), else None: a fresh LoRA."""
+    return model_args.start_from if model_args.start_from and model_args.start_mode == "continue" else None
 
 
 def training_record(model, model_args, train_args) -> TrainingRecord:
     """What the output folder must remember to be read back right: RoPE as loaded, length, attention."""
+    below = stages_below(model_args.start_from, model_args.start_mode) if model_args.start_from else []
     return record_from_model(
         model.config,
         rope_method=model_args.rope_method,
         model_max_length=train_args.model_max_length,
         attention="full" if train_args.use_full_attn else "s2_attn",
         base_model=model_args.model_name_or_path,
+        base_adapters=[str(folder.resolve()) for folder in below],
         group_size_ratio=train_args.group_size_ratio,
         group_size=train_args.group_size,
         trainable_params=train_args.trainable_params if train_args.low_rank_training else None,
     )
 
 
-def prepare_for_training(model, train_args, sft_group_size: int | None = None):
-    """S²-Attn (unless --use_full_attn) and LoRA+ (with --low_rank_training); returns (model, trainable count)."""
+def prepare_for_training(model, train_args, sft_group_size: int | None = None, continue_from: str | None = None):
+    """S²-Attn (unless --use_full_attn) and LoRA+ (with --low_rank_training; `continue_from` an adapter
+    folder whose LoRA trains on); returns (model, trainable count)."""
     from longctx.attention import enable_s2_attn
     from longctx.lora import attention_lora_targets, count_parameters, setup_lora
 
@@ -179,6 +195,7 @@ def prepare_for_training(model, train_args, sft_group_size: int | None = None):
             model, train_args.group_size_ratio, train_args.group_size, train_args.use_flash_attn, sft_group_size=sft_group_size
         )
     if train_args.low_rank_training:
+        set_seed(train_args.seed)  # LoRA draws its A matrices now, before the Trainer would seed
         model = setup_lora(
             model,
             r=train_args.lora_r,
@@ -186,6 +203,7 @@ def prepare_for_training(model, train_args, sft_group_size: int | None = None):
             dropout=train_args.lora_dropout,
             target=train_args.lora_target or attention_lora_targets(model.config),
             trainable_params=train_args.trainable_params,
+            continue_from=continue_from,
         )
     trainable, total = count_parameters(model)
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)", flush=True)

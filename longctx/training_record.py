@@ -11,10 +11,13 @@ size gives a linear factor.
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from longctx.io import write_json_atomic
+from longctx.rope import default_rope_method
 
 RECORD_FILE = "longctx_training.json"
 
@@ -30,7 +33,10 @@ class TrainingRecord:
     attention: str  # "s2_attn" or "full"
     original_max_position_embeddings: int | None = None  # linear RoPE keeps the pretraining window here
     base_model: str | None = None
-    extra: dict = field(default_factory=dict)  # e.g. S²-Attn group size, stage of a progressive run
+    # earlier stages merged into the base before this adapter trained (progressive extension, merge mode),
+    # in order; absolute in memory, relative to the record's folder on disk so stage folders can move together
+    base_adapters: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # e.g. S²-Attn group size
 
     @property
     def rope_factor(self) -> float | None:
@@ -47,7 +53,13 @@ class TrainingRecord:
 
 
 def record_from_model(
-    config, rope_method: str, model_max_length: int, attention: str, base_model: str | None = None, **extra
+    config,
+    rope_method: str,
+    model_max_length: int,
+    attention: str,
+    base_model: str | None = None,
+    base_adapters: list[str] | None = None,
+    **extra,
 ) -> TrainingRecord:
     """The record of a model whose config already carries the training's RoPE scaling."""
     return TrainingRecord(
@@ -58,12 +70,15 @@ def record_from_model(
         attention=attention,
         original_max_position_embeddings=getattr(config, "original_max_position_embeddings", None),
         base_model=base_model,
+        base_adapters=list(base_adapters or []),
         extra=extra,
     )
 
 
 def write_record(folder: str | Path, record: TrainingRecord) -> Path:
-    return write_json_atomic(Path(folder) / RECORD_FILE, asdict(record))
+    on_disk = asdict(record)
+    on_disk["base_adapters"] = [os.path.relpath(Path(path).resolve(), Path(folder).resolve()) for path in record.base_adapters]
+    return write_json_atomic(Path(folder) / RECORD_FILE, on_disk)
 
 
 def read_record(folder: str | Path | None) -> TrainingRecord | None:
@@ -74,9 +89,55 @@ def read_record(folder: str | Path | None) -> TrainingRecord | None:
     if not path.is_file():
         return None
     try:
-        return TrainingRecord(**json.loads(path.read_text(encoding="utf-8")))
+        record = TrainingRecord(**json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not a longctx training record ({error}); delete it to load without it") from None
+    record.base_adapters = [str((path.parent / relative).resolve()) for relative in record.base_adapters]
+    for earlier in record.base_adapters:
+        if not Path(earlier).is_dir():
+            raise FileNotFoundError(f"{path} was trained on top of {earlier}, which is missing; keep stage folders together")
+    return record
+
+
+def adapter_chain(folder: str | Path) -> list[Path]:
+    """The folders to apply in order to read `folder`: the earlier stages it was trained on top of, then itself."""
+    record = read_record(folder)
+    return [Path(earlier) for earlier in (record.base_adapters if record else [])] + [Path(folder)]
+
+
+def _same(asked: str | float, trained: str | float | None) -> bool:
+    if isinstance(asked, str):
+        return asked == trained
+    return trained is not None and math.isclose(asked, trained, rel_tol=1e-6)
+
+
+def check_rope_flags(record: TrainingRecord, folder, rope_method: str | None, rope_options: dict | None) -> None:
+    """Refuse a RoPE flag that contradicts what the adapter was trained with: one line naming both."""
+    options = rope_options or {}
+    asked = {"--rope_method": rope_method, "--rope_factor": options.get("factor"), "--rope_theta": options.get("rope_theta")}
+    trained = {"--rope_method": record.rope_method, "--rope_factor": record.rope_factor, "--rope_theta": record.rope_theta}
+    for flag, value in asked.items():
+        if value is not None and not _same(value, trained[flag]):
+            raise ValueError(
+                f"{flag} {value} contradicts {Path(folder) / RECORD_FILE} ({record.describe()}); "
+                "drop the flag to read the adapter as it was trained"
+            )
+
+
+def rope_for_reading(
+    record: TrainingRecord | None, folder, rope_method: str | None, rope_options: dict | None, dca: bool
+) -> tuple[str, dict]:
+    """The RoPE method and options to read with: the record's (checked against any flag), else the old defaults.
+
+    `rope_method` None means not asked for: then the record's method, which also extends any length past
+    the trained window, except under DCA, which reads past it with no rescaling; without a record,
+    longctx.rope.default_rope_method.
+    """
+    rope_options = dict(rope_options or {})
+    if record is not None:
+        check_rope_flags(record, folder, rope_method, rope_options)
+        return rope_method or ("none" if dca else record.rope_method), {}
+    return rope_method or default_rope_method(rope_options, dca), rope_options
 
 
 def apply_record(config, record: TrainingRecord):

@@ -347,16 +347,13 @@ def test_inference_script_with_dca(tiny_model_dir, tmp_path, capsys):
 
 
 @torch.no_grad()
-def test_sliding_window_reference_of_the_bench_scores_each_token_once_within_a_window():
-    """bench/dca.py's no-long-context reference: token t sees only the tokens of its strided window."""
-    import runpy
+def test_sliding_window_reference_scores_each_token_once_within_a_window():
+    """The benches' no-long-context reference: token t sees only the tokens of its strided window."""
+    from longctx.length_curves import prefix_losses, sliding_window_losses
 
-    from tests.scripts import ROOT
-
-    bench = runpy.run_path(str(ROOT / "bench" / "dca.py"))
     model, input_ids = tiny("llama"), tokens(4 * PRETRAINING)
     lengths, stride = [PRETRAINING // 2, PRETRAINING, 2 * PRETRAINING, 4 * PRETRAINING], PRETRAINING // 2
-    got = bench["sliding_window_losses"](model, input_ids, lengths, PRETRAINING)
+    got = sliding_window_losses(model, input_ids, lengths, PRETRAINING)
     losses = []  # brute force, one forward per target: windows start every `stride`, each scores its second half
     for target in range(1, input_ids.shape[1]):
         start = 0 if target < PRETRAINING else (target // stride - 1) * stride
@@ -365,6 +362,6 @@ def test_sliding_window_reference_of_the_bench_scores_each_token_once_within_a_w
     for length in lengths:
         assert math.isclose(got[length], sum(losses[: length - 1]) / (length - 1), rel_tol=1e-9)
     # a window as long as the text is the plain one-forward figure
-    full = bench["sliding_window_losses"](model, input_ids, lengths, 4 * PRETRAINING)
-    plain = bench["prefix_losses"](model, input_ids, lengths)
+    full = sliding_window_losses(model, input_ids, lengths, 4 * PRETRAINING)
+    plain = prefix_losses(model, input_ids, lengths)
     assert all(math.isclose(full[length], plain[length], rel_tol=1e-9) for length in lengths)

@@ -41,6 +41,9 @@ def test_trains_saves_and_reports_perplexity(tiny_model_dir, tmp_path):
     assert results["rope"]["rope_type"] == "linear" and results["rope"]["factor"] == 2.0
     before, after = results["perplexity_before"], results["perplexity_after"]
     assert before["seq_len"] == 128 and before["windows"] == 2
+    # the figure a flag gets without training, on the same rows: YaRN at the same length
+    free = results["perplexity_training_free"]
+    assert free["method"] == "yarn" and free["tokens"] == before["tokens"] and free["perplexity"] != before["perplexity"]
     assert after["perplexity"] < before["perplexity"]  # lr 1e-2 on a random model learns the text's unigrams
     embed = load_file(tmp_path / "trainable_params.safetensors")["model.embed_tokens.weight"]
     original = load_file(tiny_model_dir / "model.safetensors")["model.embed_tokens.weight"]
