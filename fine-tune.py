@@ -31,7 +31,14 @@ from longctx.attention import disable_s2_attn
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.data import collate_rows, default_eval_data, default_pretraining_data, load_pretraining_dataset
 from longctx.evaluation import rows_perplexity
-from longctx.trainer import continued_adapter, load_training_model, prepare_for_training, report_training, train_and_save, training_record
+from longctx.trainer import (
+    continued_adapter,
+    load_training_model,
+    prepare_for_training,
+    report_training,
+    train_and_save,
+    training_record,
+)
 
 
 def perplexity_check(model, rows, is_main_process: bool) -> dict | None:

@@ -35,7 +35,14 @@ from longctx.plots import plot_loss_curve
 from longctx.qa_accuracy import load_questions, qa_accuracy
 from longctx.sft_batching import SortedBatchSampler, build_sft_dataset, collate_sft
 from longctx.sft_data import load_sft_samples
-from longctx.trainer import continued_adapter, load_training_model, prepare_for_training, report_training, train_and_save, training_record
+from longctx.trainer import (
+    continued_adapter,
+    load_training_model,
+    prepare_for_training,
+    report_training,
+    train_and_save,
+    training_record,
+)
 
 
 def accuracy_check(model, tokenizer, questions, template: str, check_args, is_main_process: bool) -> dict | None:
