@@ -4,10 +4,10 @@
 #   bash bench/extend_smollm2.sh OUTPUT_DIR
 #
 # YaRN x2 as the initial scaling (the best training-free scaling at 16k on held-out books), S²-Attn with
-# groups of 1/4, LoRA r=8 on every linear layer plus trainable norms, 16 steps of one 16k row, lr 1e-3
-# with one warm-up step and a cosine decay. Leaves OUTPUT_DIR/16k/ (an adapter folder that remembers
-# its RoPE: `python eval.py --peft_model OUTPUT_DIR/16k --seq_len 16384` needs no other flag, a
-# checkpoint every 4 steps) and OUTPUT_DIR/results.json (settings, losses, step time, perplexity at
+# groups of 1/4, LoRA r=8 on every linear layer plus trainable norms, 9 steps of one 16k row, lr 1e-3
+# with a cosine decay and no warm-up (a warm-up step trains at learning rate 0). Leaves OUTPUT_DIR/16k/
+# (an adapter folder that remembers its RoPE: `python eval.py --peft_model OUTPUT_DIR/16k --seq_len 16384`
+# needs no other flag, a checkpoint every 3 steps) and OUTPUT_DIR/results.json (settings, losses, step time, perplexity at
 # 16k on the held-out book before = YaRN x2 without training, after = trained). Why these settings:
 # bench/RESULTS.md, "Training that pays off". Re-running resumes from the last checkpoint.
 set -euo pipefail
@@ -25,8 +25,8 @@ compgen -G "$output_dir/16k/checkpoint-*" >/dev/null && resume=(--resume_from_ch
     --model_max_length 16384 --rope_method yarn \
     --lora_target all-linear --trainable_params norm --lora_r 8 --lora_alpha 16 \
     --group_size_ratio 0.25 \
-    --max_steps 16 --learning_rate 1e-3 --warmup_steps 1 --lr_scheduler_type cosine \
-    --save_steps 4 --seed 42 \
+    --max_steps 9 --learning_rate 1e-3 --warmup_steps 0 --lr_scheduler_type cosine \
+    --save_steps 3 --seed 42 \
     --output_dir "$output_dir/16k" "${resume[@]}"
 # results.json: the run's summary, its loss curve and the held-out perplexity before/after, in one file
 "$python" - "$output_dir" <<'PY'
