@@ -576,7 +576,8 @@ class RulerArguments(InferenceModelArguments):
     """ruler.py: RULER's 13 synthetic tasks by length, and the effective context length."""
 
     lengths: str = _help(
-        "lengths in tokens, prompt plus generation budget as RULER counts them, comma-separated", default="2048,4096,8192"
+        "lengths in tokens, prompt plus generation budget as RULER counts them, comma-separated",
+        default="2048,4096,8192",
     )
     tasks: str = _help(
         "tasks, families (retrieval, multi_hop, aggregation, qa) or all, comma-separated, e.g. niah_single_1,vt",
@@ -584,13 +585,17 @@ class RulerArguments(InferenceModelArguments):
     )
     num_samples: int = _help("samples per task and length (RULER's default: 500)", default=10)
     batch_size: int = _help("prompts of one task and length generated together, left-padded (1 with --dca)", default=4)
-    threshold: float = _help("average score a length must keep to count as effective (RULER's 85.6: Llama-2-7B at 4k)", default=85.6)
+    threshold: float = _help(
+        "average score a length must keep to count as effective (RULER's 85.6: Llama-2-7B at 4k)", default=85.6
+    )
     haystack: str | None = _help(
         ".txt files or folders for the essay haystacks and QA passages (default: the held-out book data/pg19_eval)",
         default=None,
     )
     seed: int = _help("seed of every sample (keys, values, depths, words)", default=0)
-    output_json: str | None = _help("write scores, averages, effective lengths and every reply to this JSON file", default=None)
+    output_json: str | None = _help(
+        "write scores, averages, effective lengths and every reply to this JSON file", default=None
+    )
     plot: str | None = _help("PNG heatmap of scores, tasks x lengths (default: beside --output_json)", default=None)
 
     def __post_init__(self):

@@ -19,10 +19,14 @@ length are cut at a word, the last one possibly mid-sentence, so prompts meet th
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 from longctx.build_qa_data import ADJECTIVES, OBJECTS, PLACES
 from longctx.retrieval import split_sentences
 from longctx.ruler_synthetic import Draft, depths_in
+
+if TYPE_CHECKING:
+    from longctx.ruler_tasks import RulerMaterial
 
 QA_TEMPLATE = (
     "Answer the question based on the given documents. Only give me the answer and do not output any other "
@@ -46,7 +50,7 @@ BRIDGE_QUESTION = "In which city does the person who was given the {thing} live?
 
 
 def make_passages(text: str) -> list[str]:
-    """Runs of whole sentences of at least `PASSAGE_WORDS` words, leaving out any naming a person or city of the pools."""
+    """Runs of whole sentences of at least `PASSAGE_WORDS` words, less any naming a person or city of the pools."""
     passages, current, words = [], [], 0
     for sentence in split_sentences(text):
         current.append(sentence.strip())
@@ -66,7 +70,8 @@ def _plant(rng: random.Random, passage: str, fact: str) -> str:
 
 def _facts(rng: random.Random, hops: int) -> tuple[list[list[str]], str, str]:
     """Fact groups (the asked one first, then a decoy of the same shape), the question and its answer."""
-    things = [f"{adjective} {thing}" for adjective, thing in rng.sample([(a, o) for a in ADJECTIVES for o in OBJECTS], 3)]
+    pairs = [(adjective, thing) for adjective in ADJECTIVES for thing in OBJECTS]
+    things = [f"{adjective} {thing}" for adjective, thing in rng.sample(pairs, 3)]
     if hops == 1:
         fact, question, pool = rng.choice(SINGLE_HOP)
         answers = rng.sample(pool, 3)
@@ -82,7 +87,7 @@ def _facts(rng: random.Random, hops: int) -> tuple[list[list[str]], str, str]:
     raise ValueError(f"qa has one or two hops (got {hops})")
 
 
-def qa_draft(rng: random.Random, material, n: int, length: int, *, hops: int) -> Draft:
+def qa_draft(rng: random.Random, material: RulerMaterial, n: int, length: int, *, hops: int) -> Draft:
     """Documents: the passages carrying facts, among distractor passages of ~`n` words in all."""
     passages = material.passages
     groups, question, answer = _facts(rng, hops)
@@ -104,6 +109,5 @@ def qa_draft(rng: random.Random, material, n: int, length: int, *, hops: int) ->
         documents.insert(position + offset, fact_documents[offset])
     context = "\n\n".join(QA_DOCUMENT.format(index=index, text=text) for index, text in enumerate(documents, start=1))
     evidence = groups[0]
-    return Draft(
-        QA_TEMPLATE.format(context=context, query=question), QA_ANSWER_PREFIX, [answer], evidence, depths_in(context, evidence)
-    )
+    user_text = QA_TEMPLATE.format(context=context, query=question)
+    return Draft(user_text, QA_ANSWER_PREFIX, [answer], evidence, depths_in(context, evidence))

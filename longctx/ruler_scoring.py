@@ -57,8 +57,8 @@ def generate_batch(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_t
     eos_ids = set(eos if isinstance(eos, list) else [eos])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids))
     width = max(len(prompt) for prompt in prompts)
-    input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long, device=device)
-    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=device)
+    input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=pad
     )
@@ -87,7 +87,8 @@ def run_ruler(
         for length in lengths:
             for task in tasks:
                 for start in range(0, num_samples, batch_size):
-                    samples = [make_sample(task, length, index) for index in range(start, min(start + batch_size, num_samples))]
+                    indices = range(start, min(start + batch_size, num_samples))
+                    samples = [make_sample(task, length, index) for index in indices]
                     began = time.perf_counter()
                     replies = generate(model, tokenizer, [s.input_ids for s in samples], samples[0].max_new_tokens)
                     seconds = (time.perf_counter() - began) / len(samples)
@@ -153,7 +154,7 @@ def summarize(records: Sequence[dict], threshold: float = RULER_THRESHOLD) -> di
 def report_ruler(
     records: Sequence[dict], config: dict, threshold: float, output_json: str | None, plot: str | None, title: str
 ) -> dict:
-    """Print the tasks x lengths table and the effective lengths, write the JSON and the heatmap; returns the summary."""
+    """Print the tasks x lengths table and effective lengths, write the JSON and the heatmap; returns the summary."""
     from longctx.plots import format_table, plot_score_grid
 
     summary = summarize(records, threshold)

@@ -26,8 +26,12 @@ import string
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from longctx.retrieval import PASSKEY_FILLER, split_sentences
+
+if TYPE_CHECKING:
+    from longctx.ruler_tasks import RulerMaterial
 
 NOISE_SENTENCES = PASSKEY_FILLER  # RULER's noise: "The grass is green. The sky is blue. ..." (five to a line)
 NOISE_TEXT = " ".join(NOISE_SENTENCES)
@@ -143,7 +147,7 @@ def essay_context(rng: random.Random, essay_words: Sequence[str], num_words: int
 
 def niah_draft(
     rng: random.Random,
-    material,
+    material: RulerMaterial,
     n: int,
     length: int,
     *,
@@ -159,11 +163,15 @@ def niah_draft(
     num_keys = max(num_keys, num_queries)
     keys = [draw(key_type) for _ in range(num_keys)]
     values = [[draw(value_type) for _ in range(num_values)] for _ in keys]
-    needles = [NIAH_NEEDLE.format(kind=value_type, key=key, value=value) for key, row in zip(keys, values) for value in row]
+    key_of = {
+        NIAH_NEEDLE.format(kind=value_type, key=key, value=value): key for key, row in zip(keys, values) for value in row
+    }
+    needles = list(key_of)
     rng.shuffle(needles)
     queried = rng.sample(range(num_keys), num_queries)
     references = [value for index in queried for value in values[index]]
     query_keys = [keys[index] for index in queried]
+    evidence = [needle for needle in needles if key_of[needle] in query_keys]  # multikey_1's other keys are decoys
     query = ", ".join(query_keys[:-1]) + ", and " + query_keys[-1] if len(query_keys) > 1 else query_keys[0]
 
     if haystack == "essay":
@@ -185,8 +193,8 @@ def niah_draft(
         template.format(kind=kind, context=context, query=query),
         prefix.format(kind=kind, query=query),
         references,
-        needles,
-        depths_in(context, needles),
+        evidence,
+        depths_in(context, evidence),
     )
 
 
@@ -204,7 +212,9 @@ def _chain(names: Sequence[str], value: int) -> list[str]:
     return [f"VAR {names[0]} = {value}", *(f"VAR {after} = VAR {before}" for before, after in zip(names, names[1:]))]
 
 
-def vt_draft(rng: random.Random, material, n: int, length: int, *, num_chains: int = 1, num_hops: int = 4) -> Draft:
+def vt_draft(
+    rng: random.Random, material: RulerMaterial, n: int, length: int, *, num_chains: int = 1, num_hops: int = 4
+) -> Draft:
     """Variable tracking: chains "VAR B = VAR A" in noise; which variables hold the first chain's value?
 
     One worked example comes first, as in RULER: its own chain (three-letter names) in 14 lines of noise.
@@ -246,7 +256,7 @@ def _word_list(rng: random.Random, common: Sequence[str], uncommon: Sequence[str
 
 def cwe_draft(
     rng: random.Random,
-    material,
+    material: RulerMaterial,
     n: int,
     length: int,
     *,
@@ -271,8 +281,9 @@ def cwe_draft(
     rng.shuffle(others)
     example_words, uncommon = others[:example_size], others[example_size : example_size + n]
     example_common = example_words[:num_common]
+    example_list = _word_list(rng, example_common, example_words[num_common:], example_repeats)
     example = (
-        CWE_TEMPLATE.format(num_common=num_common, context=_word_list(rng, example_common, example_words[num_common:], example_repeats))
+        CWE_TEMPLATE.format(num_common=num_common, context=example_list)
         + " " + CWE_ANSWER_PREFIX.format(num_common=num_common) + " " + _numbered(example_common)
     )
     context = _word_list(rng, common, uncommon, repeats)
@@ -288,7 +299,9 @@ def _zeta(s: float, terms: int = 1000) -> float:
     return sum(k**-s for k in range(1, terms)) + terms ** (1 - s) / (s - 1) + 0.5 * terms**-s
 
 
-def fwe_draft(rng: random.Random, material, n: int, length: int, *, alpha: float = 2.0, word_length: int = 6) -> Draft:
+def fwe_draft(
+    rng: random.Random, material: RulerMaterial, n: int, length: int, *, alpha: float = 2.0, word_length: int = 6
+) -> Draft:
     """Frequent words extraction: ~`n` coded words drawn from a Zipf(`alpha`) law; name ranks 2-4 (rank 1 is '...')."""
     vocab_size = max((length - FWE_NEW_TOKENS) // 50, 5)  # RULER's vocabulary grows with the length
     fixed_text = FWE_TEMPLATE + FWE_ANSWER_PREFIX

@@ -90,7 +90,8 @@ def select_tasks(text: str) -> list[str]:
             wanted.add(name)
         elif name:
             raise ValueError(
-                f"--tasks: unknown task {name!r}; choose all, a family ({', '.join(FAMILIES)}) or tasks ({', '.join(TASKS)})"
+                f"--tasks: unknown task {name!r}; choose all, a family ({', '.join(FAMILIES)}) "
+                f"or tasks ({', '.join(TASKS)})"
             )
     if not wanted:
         raise ValueError("--tasks names no task")
@@ -109,7 +110,7 @@ class RulerMaterial:
 
 
 def load_material(haystack: str | None = None) -> RulerMaterial:
-    """Haystacks from `haystack` (default: the held-out book data/pg19_eval); words of 5-10 letters from all bundled books."""
+    """Haystacks from `haystack` (default: the held-out book data/pg19_eval); 5-10 letter words of all bundled books."""
     source = haystack or default_eval_data()
     text = " ".join(read_haystack(source).split())
     books = read_haystack(f"{default_pretraining_data()},{default_eval_data()}")
@@ -197,7 +198,9 @@ def make_sample(tokenizer, material: RulerMaterial, task: str, length: int, inde
     )
 
 
-def check_lengths(tokenizer, material: RulerMaterial, tasks: Sequence[str], lengths: Sequence[int], seed: int = 0) -> None:
+def check_lengths(
+    tokenizer, material: RulerMaterial, tasks: Sequence[str], lengths: Sequence[int], seed: int = 0
+) -> None:
     """Refuse, before any generation, a length that cannot hold a task's prompt without haystack."""
     for length in lengths:
         for task in tasks:

@@ -111,6 +111,13 @@ def test_niah_wording(tokenizer, samples):
     assert re.search(r"What are all the special magic numbers for \S+, \S+, \S+, and \S+ mentioned", multi)
 
 
+def test_multikey_decoys_are_not_evidence(tokenizer, samples):
+    sample = samples["niah_multikey_1"]
+    text = tokenizer.decode(sample.input_ids)
+    assert len(sample.evidence) == 1 and text.count("One of the special magic numbers for ") == 4
+    assert tokenizer.decode(samples["niah_multikey_2"].input_ids).count("One of the special magic numbers for ") > 20
+
+
 def test_plain_prompt_without_chat_template(tiny_model_dir, material):
     plain = AutoTokenizer.from_pretrained(tiny_model_dir)
     plain.chat_template = None
