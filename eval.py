@@ -27,12 +27,14 @@ from longctx.cli import parse_dataclasses, run_cli
 from longctx.data import default_eval_data
 from longctx.evaluation import check_lengths, evaluate_perplexity, report_perplexity, run_config, token_stream
 from longctx.modeling import load_for_inference, load_tokenizer, resolve_model_path
+from longctx.outputs import check_result_files
 
 
 def main():
     (args,) = parse_dataclasses((PerplexityArguments,), __doc__)
     started = time.perf_counter()
     data_path = args.data_path or default_eval_data()
+    plot = check_result_files(args.output_json, args.plot, {"--data_path": data_path}, args.overwrite)
     tokens = token_stream(data_path, load_tokenizer(resolve_model_path(args.base_model)), args.token_dtype, args.max_tokens)
     check_lengths(len(tokens), args.seq_lens, args.scoring, args.sliding_window, data_path)
     model, _ = load_for_inference(**args.load_options(args.seq_lens[-1]), device="cuda" if torch.cuda.is_available() else "cpu")
@@ -43,7 +45,7 @@ def main():
     ]
     config = {**run_config(args, model), "data_path": data_path, "data_tokens": len(tokens), "processes": 1}
     config["seconds"] = time.perf_counter() - started
-    report_perplexity(results, config, args.output_json, args.plot)
+    report_perplexity(results, config, args.output_json, plot)
 
 
 if __name__ == "__main__":

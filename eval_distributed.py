@@ -29,6 +29,7 @@ from longctx.evaluation import (
     token_stream,
 )
 from longctx.modeling import load_for_inference, load_tokenizer, resolve_model_path
+from longctx.outputs import check_result_files
 
 
 def main():
@@ -37,6 +38,7 @@ def main():
     rank, world_size, device = init_distributed()
     try:
         data_path = args.data_path or default_eval_data()
+        plot = check_result_files(args.output_json, args.plot, {"--data_path": data_path}, args.overwrite)
         tokenizer = load_tokenizer(resolve_model_path(args.base_model))
         tokens = token_stream(data_path, tokenizer, args.token_dtype, args.max_tokens)
         check_lengths(len(tokens), args.seq_lens, args.scoring, args.sliding_window, data_path)
@@ -51,7 +53,7 @@ def main():
         if rank == 0:
             config = {**run_config(args, model), "data_path": data_path, "data_tokens": len(tokens), "processes": world_size}
             config["seconds"] = time.perf_counter() - started
-            report_perplexity(results, config, args.output_json, args.plot)
+            report_perplexity(results, config, args.output_json, plot)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -32,6 +32,7 @@ from longctx.cli import parse_dataclasses, run_cli
 from longctx.data import collate_rows, default_eval_data, default_pretraining_data, load_pretraining_dataset
 from longctx.evaluation import rows_perplexity
 from longctx.trainer import (
+    check_output_dir,
     continued_adapter,
     load_training_model,
     prepare_for_training,
@@ -69,6 +70,8 @@ def main():
         (ModelArguments, DataArguments, PerplexityCheckArguments, LongContextTrainingArguments), __doc__
     )
     started = time.perf_counter()
+    inputs = {"--model_name_or_path": model_args.model_name_or_path, "--data_path": data_args.data_path}
+    check_output_dir(train_args, {**inputs, "--eval_data_path": check_args.eval_data_path})
     model, tokenizer = load_training_model(model_args, train_args)
     train_rows = load_pretraining_dataset(
         data_args.data_path or default_pretraining_data(),

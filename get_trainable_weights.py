@@ -18,7 +18,7 @@ Then merge (see merge_lora_weights_and_save_hf_model.py):
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from longctx.checkpoints import check_against_base, read_checkpoint, write_split_checkpoint
+from longctx.checkpoints import check_against_base, check_split_outputs, read_checkpoint, write_split_checkpoint
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.training_record import read_record, write_record
 
@@ -33,21 +33,25 @@ class Arguments:
     base_model: str | None = field(
         default=None, metadata={"help": "base model to check shapes against (default: the adapter config's)"}
     )
+    overwrite: bool = field(default=False, metadata={"help": "replace adapter and trainable params files already there"})
 
 
 def main():
     (args,) = parse_dataclasses((Arguments,), __doc__)
+    output_dir = args.output_dir or args.checkpoint_path
+    writes = check_split_outputs(args.checkpoint_path, output_dir, args.trainable_params, args.overwrite)
     split = read_checkpoint(args.checkpoint_path, args.trainable_params)
     checked = check_against_base(split, args.base_model)
-    output_dir = args.output_dir or args.checkpoint_path
-    written = write_split_checkpoint(split, output_dir)
+    written = write_split_checkpoint(split, output_dir) if writes else []
     record = read_record(args.checkpoint_path)  # how it was trained (RoPE, length) travels with the weights
-    if record is not None and Path(output_dir).resolve() != Path(args.checkpoint_path).resolve():
+    if writes and record is not None and Path(output_dir).resolve() != Path(args.checkpoint_path).resolve():
         written.append(write_record(output_dir, record))
     print(f"read {split.source}: {len(split.adapter)} LoRA tensors, {len(split.trainable)} trainable tensors")
     print(f"checked against base model {checked}" if checked else "base model not found locally: shapes unchecked")
     for path in written:
         print(f"wrote {path}")
+    if not writes:
+        print(f"{output_dir} is already split into adapter and trainable params: nothing written")
 
 
 if __name__ == "__main__":

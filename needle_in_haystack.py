@@ -27,6 +27,7 @@ from longctx.cli import parse_dataclasses, run_cli
 from longctx.data import default_eval_data
 from longctx.evaluation import run_config
 from longctx.modeling import load_for_inference
+from longctx.outputs import check_result_files
 from longctx.retrieval import answer_correct, needle_case, read_haystack, report_retrieval, run_retrieval, split_sentences
 
 
@@ -34,6 +35,7 @@ def main():
     (args,) = parse_dataclasses((NeedleArguments,), __doc__)
     started = time.perf_counter()
     haystack_path = args.haystack or default_eval_data()
+    plot = check_result_files(args.output_json, args.plot, {"--haystack": haystack_path}, args.overwrite)
     sentences = split_sentences(read_haystack(haystack_path))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_for_inference(**args.load_options(args.max_tokens), device=device)
@@ -53,7 +55,7 @@ def main():
         "seconds": time.perf_counter() - started,
     }
     report_retrieval(
-        records, config, args.depth_fractions, args.output_json, args.plot, title=f"needle in a haystack: {args.base_model}"
+        records, config, args.depth_fractions, args.output_json, plot, title=f"needle in a haystack: {args.base_model}"
     )
 
 

@@ -28,12 +28,14 @@ from longctx.args import RetrievalArguments
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.evaluation import run_config
 from longctx.modeling import load_for_inference
+from longctx.outputs import check_result_files
 from longctx.retrieval import passkey_case, passkey_correct, report_retrieval, run_retrieval
 
 
 def main():
     (args,) = parse_dataclasses((RetrievalArguments,), __doc__)
     started = time.perf_counter()
+    plot = check_result_files(args.output_json, args.plot, overwrite=args.overwrite)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_for_inference(**args.load_options(args.max_tokens), device=device)
 
@@ -44,7 +46,7 @@ def main():
     depths = args.depth_fractions or [None]
     records = run_retrieval(model, tokenizer, args.lengths, depths, args.num_tests, make_case, passkey_correct)
     config = {**run_config(args, model), "lengths": args.lengths, "seconds": time.perf_counter() - started}
-    report_retrieval(records, config, args.depth_fractions, args.output_json, args.plot, title=f"passkey retrieval: {args.base_model}")
+    report_retrieval(records, config, args.depth_fractions, args.output_json, plot, title=f"passkey retrieval: {args.base_model}")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from longctx.qa_accuracy import load_questions, qa_accuracy
 from longctx.sft_batching import SortedBatchSampler, build_sft_dataset, collate_sft
 from longctx.sft_data import load_sft_samples
 from longctx.trainer import (
+    check_output_dir,
     continued_adapter,
     load_training_model,
     prepare_for_training,
@@ -56,6 +57,8 @@ def main():
         (ModelArguments, SFTDataArguments, QACheckArguments, LongContextTrainingArguments), __doc__
     )
     started = time.perf_counter()
+    inputs = {"--model_name_or_path": model_args.model_name_or_path, "--data_path": data_args.data_path}
+    check_output_dir(train_args, {**inputs, "--eval_data_path": check_args.eval_data_path})
     model, tokenizer = load_training_model(model_args, train_args)
     samples, stats = load_sft_samples(
         data_args.data_path, tokenizer, train_args.model_max_length, data_args.prompt_template, data_args.max_train_samples

@@ -141,6 +141,10 @@ class LongContextTrainingArguments(TrainingArguments):
     loss_chunk_size: int = _help("positions per chunk of the output-head + loss computation", default=2048)
 
     output_dir: str | None = _help("where checkpoints and the final adapter go", default="outputs/fine-tune")
+    overwrite_output_dir: bool = _help(
+        "write into a --output_dir that already holds files (another run's adapter and checkpoints are replaced)",
+        default=False,
+    )
     per_device_train_batch_size: int = _help("batch size per device", default=1)
     learning_rate: float = _help("peak learning rate", default=2e-5)
     weight_decay: float = _help("AdamW weight decay", default=0.0)
@@ -266,6 +270,7 @@ class PerplexityArguments(InferenceModelArguments):
     max_tokens: int | None = _help("use only the first N tokens of the data (bounds the work)", default=None)
     output_json: str | None = _help("write the results (config, per-length figures, timings) to this JSON file", default=None)
     plot: str | None = _help("PNG of perplexity against length (default: beside --output_json)", default=None)
+    overwrite: bool = _help("replace --output_json and --plot when they already exist", default=False)
 
     def __post_init__(self):
         super().__post_init__()
@@ -316,6 +321,7 @@ class RetrievalArguments(InferenceModelArguments):
     seed: int = _help("seed of the keys and random depths", default=0)
     output_json: str | None = _help("write the results (config, accuracy per length, every answer) to this JSON file", default=None)
     plot: str | None = _help("PNG of accuracy against length, or depth x length heatmap (default: beside --output_json)", default=None)
+    overwrite: bool = _help("replace --output_json and --plot when they already exist", default=False)
 
     def __post_init__(self):
         super().__post_init__()
@@ -470,7 +476,7 @@ class Pdf2TxtArguments:
         "also (or instead) write one {'text', 'source'} line per PDF: pretraining data", default=None
     )
     ocr: bool = _help("OCR pages without a text layer (optional extra: pytesseract + tesseract-ocr)", default=False)
-    overwrite: bool = _help("replace .txt files that already exist (default: skip them)", default=False)
+    overwrite: bool = _help("replace .txt files and --output_jsonl when they already exist (default: skip / refuse)", default=False)
 
     def __post_init__(self):
         if not self.input:
@@ -543,6 +549,7 @@ class QADataArguments:
     min_tokens: int = _help("shortest section in approximate tokens (4 characters each)", default=256)
     max_tokens: int = _help("longest section in approximate tokens; lengths are long-tailed in between", default=15000)
     seed: int = _help("seed of sections, facts and depths", default=0)
+    overwrite: bool = _help("replace --output when it already exists", default=False)
 
     def __post_init__(self):
         if not self.output:
@@ -559,6 +566,7 @@ class QAAccuracyArguments(InferenceModelArguments):
 
     prompt_template: str = _help("chat or llama2: the format the adapter was tuned in", default="chat")
     output_json: str | None = _help("write the accuracy and every answer to this JSON file", default=None)
+    overwrite: bool = _help("replace --output_json when it already exists", default=False)
 
     def __post_init__(self):
         from longctx.prompts import check_template

@@ -20,6 +20,7 @@ from longctx.args import QADataArguments
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.data import default_pretraining_data
 from longctx.io import write_json_atomic
+from longctx.outputs import check_output_file
 from longctx.retrieval import insert_at_depth, read_haystack, split_sentences
 
 CHARS_PER_TOKEN = 4  # English book text in Llama-style tokenizers; lengths are approximate on purpose
@@ -88,7 +89,9 @@ def build_records(sentences: list[str], num_samples: int, min_tokens: int, max_t
 
 def main():
     (args,) = parse_dataclasses((QADataArguments,), __doc__)
-    sentences = split_sentences(" ".join(read_haystack(args.books or default_pretraining_data()).split()))
+    books = args.books or default_pretraining_data()
+    check_output_file("--output", args.output, {"--books": books}, args.overwrite)
+    sentences = split_sentences(" ".join(read_haystack(books, flag="--books").split()))
     records = build_records(sentences, args.num_samples, args.min_tokens, args.max_tokens, args.seed)
     write_json_atomic(args.output, records)
     lengths = sorted(record["approx_tokens"] for record in records)

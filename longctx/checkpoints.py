@@ -20,6 +20,7 @@ silently on any other prefix.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from longctx.io import write_json_atomic
 from longctx.lora import (
+    LONGLORA_TRAINABLE_PARAMS_FILE,
     TRAINABLE_PARAMS_FILE,
     check_adapter_fits,
     check_trainable_params,
@@ -39,6 +41,7 @@ from longctx.lora import (
     trainable_params_path,
 )
 from longctx.modeling import resolve_model_path
+from longctx.outputs import check_output_file
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -102,6 +105,17 @@ def consolidate_zero_checkpoint(folder: Path, tag: str) -> dict[str, torch.Tenso
         raise ValueError(f"cannot consolidate the DeepSpeed checkpoint {folder / tag}: {reason}") from None
 
 
+def checkpoint_layout(folder: Path) -> str | None:
+    """Which layout of the module doc a folder holds, by its file names alone: "deepspeed", "full", "split" or None."""
+    if zero_checkpoint_tag(folder):
+        return "deepspeed"
+    if any((folder / name).is_file() for name in (*INDEX_FILES, *FULL_STATE_FILES)):
+        return "full"
+    if any((folder / name).is_file() for name in ADAPTER_WEIGHTS_FILES):
+        return "split"
+    return None
+
+
 def read_full_state_dict(folder: Path) -> tuple[dict[str, torch.Tensor], str] | None:
     """A full state dict saved as one file or as shards listed in an index; None when there is none."""
     for name in INDEX_FILES:
@@ -157,20 +171,19 @@ def read_checkpoint(folder: str | Path, trainable_params: str | list[str] = "emb
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint folder not found: {folder}")
     keys = parse_names(trainable_params)
-    tag = zero_checkpoint_tag(folder)
-    full = None if tag else read_full_state_dict(folder)
-    has_adapter_file = any((folder / name).is_file() for name in ADAPTER_WEIGHTS_FILES)
-    if not (tag or full or has_adapter_file):
+    layout = checkpoint_layout(folder)
+    if layout is None:
         raise FileNotFoundError(
             f"{folder} holds no checkpoint: looked for global_step*/ (DeepSpeed), model.safetensors or "
             "pytorch_model.bin (or their .index.json), and adapter_model.safetensors"
         )
     adapter_config = read_adapter_config(folder)
-    if tag:
+    if layout == "deepspeed":
+        tag = zero_checkpoint_tag(folder)
         source = f"DeepSpeed checkpoint {folder / tag}"
         adapter, trainable = split_state_dict(consolidate_zero_checkpoint(folder, tag), keys, source)
-    elif full is not None:
-        state, source = full
+    elif layout == "full":
+        state, source = read_full_state_dict(folder)
         adapter, trainable = split_state_dict(state, keys, source)
     else:
         adapter, trainable, source = read_split_checkpoint(folder, keys)
@@ -206,6 +219,28 @@ def check_against_base(split: SplitCheckpoint, base_model: str | None = None) ->
     check_trainable_params(skeleton, split.trainable, split.source)
     check_adapter_fits(skeleton, split.adapter, split.source)
     return name
+
+
+def check_split_outputs(checkpoint: str | Path, output_dir: str | Path, trainable_params: str, overwrite: bool) -> bool:
+    """Before anything is read, check the files `write_split_checkpoint` will write as outputs: never a
+    file being read, never an existing file unless `overwrite`, in a writable folder.
+
+    Returns False when there is nothing to write: `output_dir` is an already split checkpoint itself
+    (rewriting its files could only lose weights that --trainable_params leaves out).
+    """
+    checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    if checkpoint_layout(checkpoint) == "split":
+        if output_dir.is_dir() and os.path.samefile(checkpoint, output_dir):
+            return False
+        read = [checkpoint / name for name in (*ADAPTER_WEIGHTS_FILES, TRAINABLE_PARAMS_FILE, LONGLORA_TRAINABLE_PARAMS_FILE)]
+    else:
+        read = []
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output_dir {output_dir} is a file, not a folder")
+    names = [ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE] + ([TRAINABLE_PARAMS_FILE] if parse_names(trainable_params) else [])
+    for name in names:
+        check_output_file("--output_dir", output_dir / name, {"--checkpoint_path": read}, overwrite)
+    return True
 
 
 def write_split_checkpoint(split: SplitCheckpoint, output_dir: str | Path) -> list[Path]:

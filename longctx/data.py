@@ -106,12 +106,14 @@ def load_pretraining_dataset(
     model_max_length: int,
     token_dtype: str | None = None,
     max_rows: int | None = None,
+    flag: str = "--data_path",
 ) -> Dataset:
     """Rows of exactly ``model_max_length`` tokens from text or token files, labels equal to inputs.
 
     Consecutive text sources form one stream (documents joined with EOS); each token file gives
     its own windows. ``token_dtype`` ("uint16"/"uint32") overrides the suffix rule for token files.
-    ``max_rows`` keeps the first rows only, and stops tokenizing once they are filled.
+    ``max_rows`` keeps the first rows only, and stops tokenizing once they are filled. ``flag`` names
+    the paths in errors (the command-line flag they came from).
     """
     if model_max_length <= 0:
         raise ValueError(f"the row length must be positive (got {model_max_length})")
@@ -119,7 +121,7 @@ def load_pretraining_dataset(
         raise ValueError(f"max_rows must be positive, got {max_rows}")
     if token_dtype is not None and token_dtype not in TOKEN_DTYPES:
         raise ValueError(f"--token_dtype must be one of {', '.join(TOKEN_DTYPES)}, got {token_dtype!r}")
-    sources = [_resolve_source(path) for path in _split_paths(data_path)]
+    sources = [_resolve_source(path, flag) for path in split_paths(data_path, flag)]
 
     parts: list[Dataset] = []
     rows_left = max_rows
@@ -208,7 +210,7 @@ def _bundled_folder(name: str) -> Path:
 # Sources
 
 
-def _split_paths(data_path: str | Path | Sequence[str | Path]) -> list[Path]:
+def split_paths(data_path: str | Path | Sequence[str | Path], flag: str = "--data_path") -> list[Path]:
     """Paths from a path, a list, or a comma-separated string (a name holding a comma still works)."""
     items = [data_path] if isinstance(data_path, str | Path) else list(data_path)
     paths: list[Path] = []
@@ -217,14 +219,14 @@ def _split_paths(data_path: str | Path | Sequence[str | Path]) -> list[Path]:
         pieces = [text] if "," not in text or Path(text).exists() else text.split(",")
         paths.extend(Path(piece.strip()) for piece in pieces if piece.strip())
     if not paths:
-        raise ValueError(f"--data_path names no file or folder: {data_path!r}")
+        raise ValueError(f"{flag} names no file or folder: {data_path!r}")
     return paths
 
 
-def _resolve_source(path: Path) -> _Source:
+def _resolve_source(path: Path, flag: str) -> _Source:
     """Decide what kind of data a path holds, failing early on missing paths and unknown types."""
     if not path.exists():
-        raise FileNotFoundError(f"--data_path {path}: no such file or folder")
+        raise FileNotFoundError(f"{flag} {path}: no such file or folder")
     if path.is_dir():
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
             return _Source(path, "dataset")
@@ -410,7 +412,7 @@ def _token_file_rows(
         )
     if max_rows is not None:
         num_rows = min(num_rows, max_rows)
-    _check_token_ids(tokens, num_rows * model_max_length, _vocab_size(tokenizer))
+    _check_token_ids(tokens, num_rows * model_max_length, tokenizer_vocab_size(tokenizer))
     return TokenRowDataset(tokens, model_max_length, num_rows)
 
 
@@ -418,6 +420,11 @@ def _reader_dtype(path: Path, token_dtype: str | None) -> np.dtype:
     if token_dtype is not None:
         return TOKEN_DTYPES[token_dtype]
     return TOKEN_DTYPES["uint32" if path.name.lower().endswith(UINT32_SUFFIX) else "uint16"]
+
+
+def token_file_path(path: str | Path, vocab_size: int, dtype: str | None = None) -> Path:
+    """The path :func:`write_token_file` writes for `path` (``.bin`` becomes ``.u32.bin`` for a large vocabulary)."""
+    return _writer_path_and_dtype(Path(path), vocab_size, dtype)[0]
 
 
 def _writer_path_and_dtype(path: Path, vocab_size: int, dtype: str | None) -> tuple[Path, np.dtype]:
@@ -433,7 +440,7 @@ def _writer_path_and_dtype(path: Path, vocab_size: int, dtype: str | None) -> tu
     return path.with_name(path.name[: -len(".bin")] + UINT32_SUFFIX), TOKEN_DTYPES["uint32"]
 
 
-def _vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
+def tokenizer_vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
     """Ids the tokenizer knows: added tokens count (len), and so do padded embedding rows (vocab_size)."""
     return max(len(tokenizer), tokenizer.vocab_size or 0)
 

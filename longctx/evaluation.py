@@ -24,7 +24,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -236,14 +235,14 @@ def check_lengths(num_tokens: int, seq_lens: Sequence[int], scoring: str, stride
 
 def report_perplexity(results: list[dict], config: dict, output_json: str | None, plot: str | None) -> None:
     """Print the per-length table and write the JSON (atomically) and the PNG plot when asked for."""
-    from longctx.plots import format_table, plot_perplexity
+    from longctx.plots import format_table, plot_path, plot_perplexity
 
     rows = [
         [r["seq_len"], r["scoring"], r["windows"], r["tokens"], f"{r['loss']:.4f}", f"{r['perplexity']:.3f}", f"{r['seconds']:.1f}"]
         for r in results
     ]
     print(format_table(["seq_len", "scoring", "windows", "tokens", "loss", "perplexity", "seconds"], rows))
-    plot = plot or (str(Path(output_json).with_suffix(".png")) if output_json else None)
+    plot = plot_path(output_json, plot)
     if output_json:
         write_json_atomic(output_json, {"config": config, "results": results, "plot": plot})
         print(f"results written to {output_json}")

@@ -31,6 +31,7 @@ from longctx.cli import parse_dataclasses, run_cli
 from longctx.io import atomic_folder, write_json_atomic
 from longctx.lora import PEFT_PREFIX, TRAINABLE_PARAMS_FILE, parse_names, save_safetensors_atomic
 from longctx.modeling import DTYPES, parse_dtype, resolve_model_path
+from longctx.outputs import check_output_folder
 from longctx.rope import context_window, rope_parameters
 
 REPORT_FILE = "extraction_report.json"
@@ -174,9 +175,7 @@ class Arguments:
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = parse_dataclasses((Arguments,), __doc__, argv)
-    save_path = Path(args.save_path)
-    if save_path.exists() and (not save_path.is_dir() or any(save_path.iterdir())):
-        raise ValueError(f"--save_path {save_path} already exists and is not empty; choose a new folder")
+    save_path = check_output_folder("--save_path", args.save_path, {"--base": args.base, "--tuned": args.tuned})
     base, tuned = load_weights(args.base), load_weights(args.tuned)
     adapter, trainable, config, errors, left_out = extract_lora(
         base, tuned, args.rank, args.target, args.trainable_params, parse_dtype(args.dtype)

@@ -27,6 +27,7 @@ from longctx.checkpoints import ADAPTER_CONFIG_FILE
 from longctx.extract_lora import REPORT_FILE as EXTRACTION_REPORT_FILE
 from longctx.lora import TRAINABLE_PARAMS_FILE, check_adapter_fits, load_trainable_params, trainable_params_path
 from longctx.modeling import _atomic_save, load_model_and_tokenizer, resolve_model_path
+from longctx.outputs import check_output_folder
 from longctx.rope import context_window
 from longctx.training_record import RECORD_FILE, TrainingRecord, adapter_chain, read_record, rope_for_reading
 
@@ -114,9 +115,7 @@ def merge_and_save(
     and get `rope_method` (default linear, LongLoRA's rule). `save_path` appears complete or not at all
     (written to a temporary sibling, then renamed).
     """
-    save_path = Path(save_path)
-    if save_path.exists() and (not save_path.is_dir() or any(save_path.iterdir())):
-        raise ValueError(f"--save_path {save_path} already exists and is not empty; choose a new folder")
+    save_path = check_output_folder("--save_path", save_path, {"--base_model": base_model, "--peft_model": adapter_folders})
     if not adapter_folders:
         raise ValueError("--peft_model needs at least one adapter folder")
     # a stage trained on top of merged earlier stages brings them along (longctx.stages)

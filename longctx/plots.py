@@ -19,6 +19,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines)
 
 
+def plot_path(output_json: str | None, plot: str | None) -> str | None:
+    """Where a script's figure goes: --plot, else beside --output_json with .png, else nowhere."""
+    return plot or (str(Path(output_json).with_suffix(".png")) if output_json else None)
+
+
 def _new_figure(width: float = 6.4, height: float = 4.2):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

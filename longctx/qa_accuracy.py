@@ -67,10 +67,13 @@ def main():
     from longctx.cli import parse_dataclasses
     from longctx.io import write_json_atomic
     from longctx.modeling import load_for_inference
+    from longctx.outputs import check_output_file
 
     model_args, check_args = parse_dataclasses((QAAccuracyArguments, QACheckArguments), __doc__)
     if not check_args.eval_data_path:
         raise ValueError("--eval_data_path is required: held-out questions from python -m longctx.build_qa_data")
+    inputs = {"--eval_data_path": check_args.eval_data_path}
+    check_output_file("--output_json", model_args.output_json, inputs, model_args.overwrite)
     questions = load_questions(check_args.eval_data_path, check_args.eval_samples)
     longest = max(len(conversation.messages[0]["content"]) for conversation, _ in questions) // 3  # ~tokens, generous
     model, tokenizer = load_for_inference(**model_args.load_options(longest_length=longest))

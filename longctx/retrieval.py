@@ -127,18 +127,19 @@ def passkey_case(tokenizer, length: int, depth: float | None, seed: int) -> Retr
     return RetrievalCase(fit_prompt(length, build), passkey, depth, budget)
 
 
-def read_haystack(path: str) -> str:
-    """The text of .txt files or folders of them (comma-separated for several), joined by blank lines."""
+def read_haystack(path: str, flag: str = "--haystack") -> str:
+    """The text of .txt files or folders of them (comma-separated for several), joined by blank lines;
+    `flag` names the path in errors."""
     files: list[Path] = []
     for piece in (part.strip() for part in str(path).split(",")):
         if not piece:
             continue
         source = Path(piece)
         if not source.exists():
-            raise FileNotFoundError(f"--haystack {source}: no such file or folder")
+            raise FileNotFoundError(f"{flag} {source}: no such file or folder")
         found = sorted(source.rglob("*.txt")) if source.is_dir() else [source]
         if not found:
-            raise ValueError(f"--haystack {source} holds no .txt files")
+            raise ValueError(f"{flag} {source} holds no .txt files")
         files.extend(found)
     texts = []
     for file in files:
@@ -148,7 +149,7 @@ def read_haystack(path: str) -> str:
             raise ValueError(f"{file} is not UTF-8 text (invalid byte at offset {error.start})") from None
     text = "\n\n".join(texts)
     if not text.strip():
-        raise ValueError(f"--haystack {path} holds no text")
+        raise ValueError(f"{flag} {path} holds no text")
     return text
 
 
@@ -286,7 +287,7 @@ def report_retrieval(
     title: str,
 ) -> dict:
     """Print the accuracy table (and depth x length grid), write JSON and PNG; returns the summary."""
-    from longctx.plots import format_table, plot_accuracy, plot_heatmap
+    from longctx.plots import format_table, plot_accuracy, plot_heatmap, plot_path
 
     by_length = accuracy_by_length(records)
     lengths = [row["length"] for row in by_length]
@@ -301,7 +302,7 @@ def report_retrieval(
             [[f"{100 * depth:g}%", *("-" if value is None else f"{value:.2f}" for value in row)] for depth, row in zip(depths, grid)],
         ))
     summary = {"accuracy_by_length": by_length, "depths": list(depths) if depths else None, "lengths": lengths, "grid": grid}
-    plot = plot or (str(Path(output_json).with_suffix(".png")) if output_json else None)
+    plot = plot_path(output_json, plot)
     if output_json:
         write_json_atomic(output_json, {"config": config, **summary, "plot": plot, "records": list(records)})
         print(f"results written to {output_json}")

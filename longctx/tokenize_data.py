@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from longctx.cli import parse_dataclasses, run_cli
-from longctx.data import TOKEN_DTYPES, load_pretraining_dataset, write_token_file
+from longctx.data import TOKEN_DTYPES, load_pretraining_dataset, token_file_path, tokenizer_vocab_size, write_token_file
 from longctx.modeling import DEFAULT_MODEL, load_tokenizer, resolve_model_path
+from longctx.outputs import check_output_file
 
 
 @dataclass
@@ -25,6 +26,7 @@ class TokenizeDataArguments:
     tokenizer: str = field(default=DEFAULT_MODEL, metadata={"help": "model whose tokenizer to use: smollm2, a HF folder, a .gguf file or a cached hub id"})
     dtype: str | None = field(default=None, metadata={"help": "force uint16 or uint32 (default: from the vocabulary size)"})
     max_tokens: int | None = field(default=None, metadata={"help": "stop after this many tokens"})
+    overwrite: bool = field(default=False, metadata={"help": "replace --output when it already exists"})
 
     def __post_init__(self):
         if self.dtype not in (None, *TOKEN_DTYPES):
@@ -39,9 +41,9 @@ class TokenizeDataArguments:
 
 def tokenize_to_file(input_path: str, output: str, tokenizer, dtype: str | None = None, max_tokens: int | None = None):
     """Tokenize text sources into one token file; returns (path written, number of tokens, dtype name)."""
-    rows = load_pretraining_dataset(input_path, tokenizer, model_max_length=1, max_rows=max_tokens)
+    vocab_size = tokenizer_vocab_size(tokenizer)
+    rows = load_pretraining_dataset(input_path, tokenizer, model_max_length=1, max_rows=max_tokens, flag="--input")
     tokens = rows.tokens[: len(rows)]  # text sources form one stream (one TokenRowDataset)
-    vocab_size = max(len(tokenizer), tokenizer.vocab_size or 0)
     path = write_token_file(tokens, output, vocab_size=vocab_size, dtype=dtype)
     width = "uint32" if path.name.lower().endswith(".u32.bin") or dtype == "uint32" else "uint16"
     return path, len(tokens), width
@@ -50,6 +52,8 @@ def tokenize_to_file(input_path: str, output: str, tokenizer, dtype: str | None 
 def main():
     (args,) = parse_dataclasses((TokenizeDataArguments,), __doc__)
     tokenizer = load_tokenizer(resolve_model_path(args.tokenizer))
+    output = token_file_path(args.output, tokenizer_vocab_size(tokenizer), args.dtype)
+    check_output_file("--output", output, {"--input": args.input}, args.overwrite)
     path, count, width = tokenize_to_file(args.input, args.output, tokenizer, args.dtype, args.max_tokens)
     print(f"wrote {count:,} tokens ({width}) to {path}")
 

@@ -19,6 +19,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from longctx.lora import base_model_of, has_trainable_params, load_trainable_params, save_trainable_params
 from longctx.loss import DEFAULT_CHUNK_SIZE, causal_lm_loss
+from longctx.outputs import check_output_folder
 from longctx.stages import apply_earlier_stages, check_start, stages_below
 from longctx.training_record import TrainingRecord, read_record, record_from_model, write_record
 
@@ -103,9 +104,33 @@ class SaveTrainableParamsCallback(TrainerCallback):
         return control
 
 
+def check_output_dir(train_args, inputs: dict) -> None:
+    """Before any work: --output_dir must be a writable folder that is none of the run's `inputs` (flag ->
+    path), and empty unless the run resumes or --overwrite_output_dir is given.
+
+    Another run's adapter there would be replaced silently, and the Trainer's --save_total_limit would
+    delete its checkpoint-N folders as if they were this run's. Checked on the main process only, so
+    no process sees another's probe file.
+    """
+    if train_args.process_index != 0:
+        return
+    check_output_folder(
+        "--output_dir",
+        train_args.output_dir,
+        inputs,
+        reuse=bool(resume_asked(train_args.resume_from_checkpoint) or train_args.overwrite_output_dir),
+        reuse_hint="pass --resume_from_checkpoint latest to continue the run there, --overwrite_output_dir True "
+        "to write over it, or choose a new folder",
+    )
+
+
+def resume_asked(resume_from_checkpoint: str | bool | None) -> bool:
+    return resume_from_checkpoint not in (None, False, "", "False", "false")
+
+
 def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
     """A checkpoint folder to resume from: a path, or True/'latest' for the newest in output_dir."""
-    if resume_from_checkpoint in (None, False, "", "False", "false"):
+    if not resume_asked(resume_from_checkpoint):
         return None
     if resume_from_checkpoint in (True, "True", "true", "latest"):
         checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None

@@ -26,11 +26,16 @@ from tqdm import tqdm
 from longctx.args import Pdf2TxtArguments
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.io import atomic_file, write_text_atomic
+from longctx.outputs import check_output_file, check_output_folder
 from longctx.pdf import find_pdfs, pdf_to_text
 
 
 def main():
     (args,) = parse_dataclasses((Pdf2TxtArguments,), __doc__)
+    inputs = {"--input": args.input}
+    check_output_file("--output_jsonl", args.output_jsonl, inputs, args.overwrite)
+    if args.output_dir:
+        check_output_folder("--output_dir", args.output_dir, inputs, reuse=True)  # existing .txt files are skipped
     sources = find_pdfs(args.input)  # [(pdf, path relative to its input)]
     records, failures = [], []
     for pdf, relative in tqdm(sources, desc="pdf2txt", unit="pdf", disable=len(sources) < 2):

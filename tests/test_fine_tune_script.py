@@ -96,7 +96,7 @@ def test_token_ids_beyond_vocabulary_are_refused(capsys, tmp_path, tiny_model_di
     from longctx.data import write_token_file
 
     path = write_token_file(list(range(1000)) * 2, tmp_path / "tokens.bin", vocab_size=65536)
-    base = ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--max_steps", "1"]
+    base = ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "run"), "--max_steps", "1"]
     line = run_script_expecting_error(capsys, "fine-tune.py", *base, "--data_path", str(path), "--model_max_length", "64")
     assert "tokens.bin" in line and "999" in line
 
@@ -110,3 +110,26 @@ def test_training_defaults_checkpoint_activations_without_deprecated_names_or_pi
     assert not [w for w in recwarn if issubclass(w.category, FutureWarning) and "checkpointing" in str(w.message)]
     assert LongContextTrainingArguments(output_dir=str(tmp_path), gradient_checkpointing=False).gradient_checkpointing is False
     assert args.dataloader_pin_memory is torch.cuda.is_available()  # pinning without an accelerator only warns
+
+
+def test_another_runs_output_dir_is_never_reused_silently(capsys, tmp_path, tiny_model_dir):
+    """Another run's adapter and checkpoint-9 stay untouched (--save_total_limit 1 used to delete the
+    checkpoint); the check comes before the model loads."""
+    run = tmp_path / "run"
+    (run / "checkpoint-9").mkdir(parents=True)
+    (run / "adapter_model.safetensors").write_bytes(b"another run")
+    base = ["--model_name_or_path", "no-such-model", "--max_steps", "1", "--save_total_limit", "1"]
+    line = run_script_expecting_error(capsys, "fine-tune.py", *base, "--output_dir", run)
+    assert "--output_dir" in line and "already exists and is not empty" in line and "--overwrite_output_dir True" in line
+    assert (run / "checkpoint-9").is_dir() and (run / "adapter_model.safetensors").read_bytes() == b"another run"
+    line = run_script_expecting_error(capsys, "fine-tune.py", *base, "--output_dir", run / "adapter_model.safetensors")
+    assert "is a file, not a folder" in line
+    line = run_script_expecting_error(
+        capsys, "fine-tune.py", *base, "--model_name_or_path", tiny_model_dir, "--output_dir", tiny_model_dir,
+        "--overwrite_output_dir", "True",
+    )
+    assert "is also --model_name_or_path" in line
+    line = run_script_expecting_error(
+        capsys, "supervised-fine-tune.py", *base, "--data_path", tmp_path / "sft.json", "--output_dir", run
+    )
+    assert "already exists and is not empty" in line
