@@ -26,13 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft import PeftConfig
 from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.trainer import OPTIMIZER_NAME, TRAINER_STATE_NAME
 
 from longctx.io import write_json_atomic
 from longctx.lora import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILES,
     LONGLORA_TRAINABLE_PARAMS_FILE,
     TRAINABLE_PARAMS_FILE,
-    check_adapter_fits,
+    adapter_weight_shapes,
+    check_adapter_weights,
     check_trainable_params,
     parse_names,
     parse_parameter_name,
@@ -42,10 +47,10 @@ from longctx.lora import (
 )
 from longctx.modeling import resolve_model_path
 from longctx.outputs import check_output_file
+from longctx.pickles import check_checkpoint_pickles, safe_unpickling
+from longctx.training_record import RECORD_FILE
 
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-ADAPTER_WEIGHTS_FILES = (ADAPTER_WEIGHTS_FILE, "adapter_model.bin")
+ADAPTER_WEIGHTS_FILE = ADAPTER_WEIGHTS_FILES[0]
 FULL_STATE_FILES = ("model.safetensors", "pytorch_model.bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
@@ -94,12 +99,47 @@ def zero_checkpoint_tag(folder: Path) -> str | None:
     return max(steps, key=lambda d: int(re.sub(r"\D", "", d.name) or 0)).name
 
 
+def missing_from_checkpoint(
+    folder: str | Path, trainable_params: bool = False, training_record: bool = False
+) -> list[str]:
+    """What a training checkpoint folder lacks to be complete (empty when it is complete): the one definition.
+
+    The Trainer writes a checkpoint file by file (the weights, the optimizer or DeepSpeed's
+    `global_stepN/`, scheduler and RNG states, then trainer_state.json), and then
+    SaveTrainableParamsCallback adds trainable_params.safetensors and the training record. A run
+    killed while saving leaves a folder without the later files; resuming from it would lose the
+    embeddings/norms or the RoPE record. `trainable_params`: the run saves embed/norm weights beside the
+    adapter (not under DeepSpeed, whose own state holds them); `training_record`: the run writes a record.
+    """
+    folder = Path(folder)
+    missing = []
+    has_adapter = any((folder / name).is_file() for name in ADAPTER_WEIGHTS_FILES)
+    if not has_adapter and not any((folder / name).is_file() for name in (*FULL_STATE_FILES, *INDEX_FILES)):
+        missing.append(ADAPTER_WEIGHTS_FILE)
+    elif has_adapter and not (folder / ADAPTER_CONFIG_FILE).is_file():
+        missing.append(ADAPTER_CONFIG_FILE)
+    if not ((folder / OPTIMIZER_NAME).is_file() or (folder / "latest").is_file()):
+        missing.append(OPTIMIZER_NAME)
+    try:
+        json.loads((folder / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        missing.append(TRAINER_STATE_NAME)
+    if trainable_params and trainable_params_path(folder) is None:
+        missing.append(TRAINABLE_PARAMS_FILE)
+    if training_record and not (folder / RECORD_FILE).is_file():
+        missing.append(RECORD_FILE)
+    return missing
+
+
 def consolidate_zero_checkpoint(folder: Path, tag: str) -> dict[str, torch.Tensor]:
-    """DeepSpeed's own consolidation of ZeRO-2/3 shards into one float32 state dict (frozen weights included)."""
+    """DeepSpeed's own consolidation of ZeRO-2/3 shards into one float32 state dict (frozen weights included),
+    its pickles checked first and loaded with the weights-only unpickler (longctx.pickles)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    check_checkpoint_pickles(folder)  # DeepSpeed unpickles with weights_only=False
     try:
-        return dict(get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag, exclude_frozen_parameters=False))
+        with safe_unpickling():
+            return dict(get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag, exclude_frozen_parameters=False))
     except Exception as error:  # torn shards fail inside DeepSpeed in many ways
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"cannot consolidate the DeepSpeed checkpoint {folder / tag}: {reason}") from None
@@ -217,7 +257,11 @@ def check_against_base(split: SplitCheckpoint, base_model: str | None = None) ->
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
     check_trainable_params(skeleton, split.trainable, split.source)
-    check_adapter_fits(skeleton, split.adapter, split.source)
+    try:
+        lora_config = PeftConfig.from_peft_type(**split.adapter_config)
+    except Exception as error:  # unknown fields or PEFT types fail inside PEFT in several ways
+        raise ValueError(f"the {ADAPTER_CONFIG_FILE} of {split.source} is not a PEFT adapter config ({error})") from None
+    check_adapter_weights(split.adapter, adapter_weight_shapes(config, lora_config), split.source)
     return name
 
 

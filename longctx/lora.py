@@ -8,7 +8,9 @@ under the base model's own parameter names, which load straight into the base mo
 
 from __future__ import annotations
 
+import copy
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -21,13 +23,23 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # FutureWarning is about PEFT's code, nothing a longctx user can act on.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training  # noqa: E402
+from peft import (  # noqa: E402
+    LoraConfig,
+    PeftConfig,
+    PeftModel,
+    get_peft_model,
+    inject_adapter_in_model,
+    prepare_model_for_kbit_training,
+)
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from longctx.io import atomic_file  # noqa: E402
+from longctx.pickles import check_pickle  # noqa: E402
 
 ATTENTION_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 TRAINABLE_PARAMS_FILE = "trainable_params.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # what PEFT writes, newest first
 LONGLORA_TRAINABLE_PARAMS_FILE = "trainable_params.bin"  # what LongLoRA's get_trainable_weights.py writes
 
 # How PEFT names things. A PeftModel's parameter is `base_model.model.<base name>`; LoRA adds
@@ -106,45 +118,79 @@ def base_parameter_name(name: str) -> str:
     return key if kind == "base" else name
 
 
-def lora_module_name(adapter_key: str) -> str:
-    """`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` -> `model.layers.0.self_attn.q_proj`."""
-    parts = adapter_key.split(".")
-    if tuple(parts[:2]) == PEFT_PREFIX:
-        parts = parts[2:]
-    index = next(i for i, part in enumerate(parts) if part in LORA_PARTS)
-    return ".".join(parts[:index])
+def load_adapter_config(folder: str | Path) -> LoraConfig:
+    """The adapter config of a PEFT folder; a missing or garbled file is one error naming it."""
+    path = Path(folder) / ADAPTER_CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a PEFT adapter folder: no {ADAPTER_CONFIG_FILE}")
+    try:
+        return PeftConfig.from_pretrained(str(folder))
+    except Exception as error:  # JSON, unknown fields or PEFT types fail inside PEFT in several ways
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot read {path}: {reason}") from None
 
 
-def check_adapter_fits(model: torch.nn.Module, adapter_state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Every LoRA weight must sit on a layer of `model` with matching input and output sizes.
+def read_adapter_weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The adapter's weights under PEFT's on-disk names (`read_weights_file`: a torn file is one error naming it)."""
+    for name in ADAPTER_WEIGHTS_FILES:
+        if (Path(folder) / name).is_file():
+            return read_weights_file(Path(folder) / name)
+    raise FileNotFoundError(f"{folder} holds no adapter weights ({' or '.join(ADAPTER_WEIGHTS_FILES)})")
 
-    PEFT itself loads mismatched names silently (the LoRA stays at zero) and mismatched shapes with a
-    long traceback; an adapter trained on another base model fails here with one line instead.
+
+def adapter_weight_shapes(config, lora_config: LoraConfig) -> dict[str, tuple[int, ...]]:
+    """PEFT's on-disk name and shape of every LoRA weight `lora_config` puts on a model built from `config`.
+
+    PEFT itself injects the adapter into a skeleton on the meta device, so its own rules (target
+    modules, layers_to_transform, rank_pattern) decide, and nothing is allocated or read.
     """
-    base = base_model_of(model)
-    if not adapter_state:
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(config)
+    config.quantization_config = None  # a 4-bit base has the same logical shapes
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    inject_adapter_in_model(copy.deepcopy(lora_config), skeleton, low_cpu_mem_usage=True)
+    shapes = {}
+    for name, parameter in skeleton.named_parameters():
+        kind, key, _ = parse_parameter_name(name)
+        if kind == "lora":
+            shapes[key] = tuple(parameter.shape)
+    return shapes
+
+
+def check_adapter_weights(
+    state: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], source: str | Path
+) -> None:
+    """An adapter must hold exactly the LoRA weights the model takes (`adapter_weight_shapes`), shaped alike.
+
+    PEFT loads a missing weight silently (that LoRA layer stays at zero: an adapter from a model with
+    fewer layers is applied to half the model) and wrong shapes with one line per weight; here either
+    is one line naming the file and the first mismatch.
+    """
+    lora = {name: tensor for name, tensor in state.items() if parse_parameter_name(name)[0] == "lora"}
+    if not lora:
         raise ValueError(f"{source}: the adapter holds no LoRA weights")
-    for key, tensor in adapter_state.items():
-        kind, _, _ = parse_parameter_name(key)
-        if kind != "lora":
-            continue
-        module_name = lora_module_name(key)
-        try:
-            module = base.get_submodule(module_name)
-        except AttributeError:
-            message = f"{source}: adapter weight {key} targets {module_name}, which this base model lacks"
-            raise ValueError(message) from None
-        module = getattr(module, "base_layer", module)
-        if not hasattr(module, "in_features") or tensor.dim() != 2:
-            continue
-        part = next(p for p in key.split(".") if p in LORA_PARTS)
-        expected = {"lora_A": module.in_features, "lora_B": module.out_features}.get(part)
-        actual = tensor.shape[1] if part == "lora_A" else tensor.shape[0]
-        if expected is not None and actual != expected:
+    for name, tensor in lora.items():
+        if name not in shapes:
+            raise ValueError(f"{source}: {name} has no place in this model (an adapter for another base model?)")
+        if tuple(tensor.shape) != shapes[name]:
             raise ValueError(
-                f"{source}: adapter built for another base model: {key} has shape {tuple(tensor.shape)}, "
-                f"but {module_name} is {module.in_features} -> {module.out_features}"
+                f"{source}: adapter built for another base model or LoRA rank: {name} has shape "
+                f"{tuple(tensor.shape)}, this model takes {shapes[name]}"
             )
+    missing = [name for name in shapes if name not in lora]
+    if missing:
+        raise ValueError(
+            f"{source} holds {len(lora)} of the {len(shapes)} LoRA weights this model takes; {missing[0]} is missing "
+            "(an adapter from a model with fewer layers, or other target modules?)"
+        )
+
+
+def check_adapter_fits(model, folder: str | Path) -> None:
+    """Before PEFT loads the adapter in `folder` into `model`: readable, and made for this model."""
+    shapes = adapter_weight_shapes(base_model_of(model).config, load_adapter_config(folder))
+    check_adapter_weights(read_adapter_weights(folder), shapes, folder)
 
 
 def setup_lora(
@@ -250,6 +296,8 @@ def trainable_params_path(folder: str | Path) -> Path | None:
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a .safetensors or a PyTorch .bin file (tensors only, never arbitrary pickles)."""
     path = Path(path)
+    if path.suffix != ".safetensors":
+        check_pickle(path)
     try:
         if path.suffix == ".safetensors":
             state = load_file(str(path))
@@ -263,8 +311,14 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _across_layers(name: str) -> str:
+    """`model.layers.3.input_layernorm.weight` -> `model.layers.*.input_layernorm.weight`."""
+    return re.sub(r"\.\d+\.", ".*.", name)
+
+
 def check_trainable_params(model, state: dict[str, torch.Tensor], source: str | Path) -> dict[str, torch.nn.Parameter]:
-    """Every name must exist in the base model with the same shape; returns the matching parameters."""
+    """Every name must exist in the base model with the same shape, and a weight saved for some layers must
+    be there for all of them (a file from a model with fewer layers would load half); returns the parameters."""
     parameters = {base_parameter_name(name): p for name, p in base_model_of(model).named_parameters()}
     for name, tensor in state.items():
         if name not in parameters:
@@ -273,6 +327,12 @@ def check_trainable_params(model, state: dict[str, torch.Tensor], source: str | 
             raise ValueError(
                 f"{source}: {name} has shape {tuple(tensor.shape)}, the model has {tuple(parameters[name].shape)}"
             )
+    saved = {_across_layers(name) for name in state}
+    missing = [name for name in parameters if _across_layers(name) in saved and name not in state]
+    if missing:
+        raise ValueError(
+            f"{source} lacks {missing[0]}, which it holds for other layers (from a model with fewer layers?)"
+        )
     return parameters
 
 

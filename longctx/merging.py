@@ -20,7 +20,6 @@ import json
 from pathlib import Path
 
 from peft import PeftModel
-from peft.utils import load_peft_weights
 from transformers import AutoConfig
 
 from longctx.checkpoints import ADAPTER_CONFIG_FILE
@@ -68,20 +67,11 @@ def trained_length(folder: str | Path) -> int | None:
     return None
 
 
-def read_adapter_weights(folder: Path) -> dict:
-    """The adapter's LoRA weights under PEFT's on-disk names; an unreadable file is one ValueError."""
-    try:
-        return load_peft_weights(str(folder), device="cpu")
-    except Exception as error:  # missing or torn weights fail inside PEFT/safetensors in several ways
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot read the adapter weights in {folder}: {reason}") from None
-
-
 def merge_adapters(model, adapter_folders: list[str | Path], require_trainable_params: bool = True):
     """Apply each folder's trainable params then merge its LoRA, in order; returns the plain merged model."""
     for folder in adapter_folders:
         folder = check_adapter_folder(folder, require_trainable_params)
-        check_adapter_fits(model, read_adapter_weights(folder), folder)
+        check_adapter_fits(model, folder)
         if trainable_params_path(folder) is not None:
             load_trainable_params(model, folder)
         model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()

@@ -218,7 +218,7 @@ def load_for_inference(
     (longctx.chunk_attention) with `pretraining_length` (default: the adapter's training length, else
     the model's native window) as its unit. `load_options` go to `load_model_and_tokenizer`.
     """
-    from longctx.lora import TRAINABLE_PARAMS_FILE, load_trainable_params
+    from longctx.lora import TRAINABLE_PARAMS_FILE, check_adapter_fits, load_trainable_params
 
     record = read_record(peft_model)
     rope_method, rope_options = rope_for_reading(record, peft_model, rope_method, rope_options, dca)
@@ -258,6 +258,7 @@ def load_for_inference(
         if has_adapter:
             from peft import PeftModel
 
+            check_adapter_fits(model, folder)
             model = PeftModel.from_pretrained(model, str(folder))
             if not load_options.get("load_in_4bit"):  # merging into 4-bit weights would round the adapter away
                 model = model.merge_and_unload()

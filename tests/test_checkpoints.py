@@ -1,6 +1,7 @@
 """get_trainable_weights.py: every checkpoint layout splits into the adapter PEFT would save + trainable params."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -194,3 +195,39 @@ def test_deepspeed_zero_checkpoint_is_consolidated(tiny_model_dir, tmp_path, sta
             torch.testing.assert_close(trainable[key], saved[key].float(), rtol=1e-5, atol=1e-6)
     else:  # each process held a slice of the embeddings: only the consolidation has them
         assert not (tmp_path / "trainable_params.safetensors").exists()
+
+
+def test_crafted_pickles_are_refused_and_never_run(tiny_model_dir, tmp_path, capsys):
+    """A global_step*/ folder is consolidated by DeepSpeed, which unpickles with weights_only=False: a
+    crafted file used to run its code and then fail with "Invalid magic number"."""
+    from tests.test_pickles import crafted_files
+
+    marker = tmp_path / "ran"
+    zipped, raw = crafted_files(tmp_path / "crafted", marker)
+    for name, crafted, message in (("zip", zipped, "refusing to load"), ("raw", raw, "not a file torch.save wrote")):
+        checkpoint = tmp_path / name / "checkpoint-1"
+        (checkpoint / "global_step1").mkdir(parents=True)
+        trained_lora_model(tiny_model_dir).peft_config["default"].save_pretrained(checkpoint)
+        shutil.copy(crafted, checkpoint / "global_step1" / "mp_rank_00_model_states.pt")
+        (checkpoint / "latest").write_text("global_step1")
+        line = run_script_expecting_error(capsys, SCRIPT, "--checkpoint_path", checkpoint, "--output_dir", tmp_path / name / "split")
+        assert message in line and "mp_rank_00_model_states.pt" in line
+    torn = tmp_path / "longlora" / "checkpoint-1"
+    torn.mkdir(parents=True)
+    trained_lora_model(tiny_model_dir).peft_config["default"].save_pretrained(torn)
+    shutil.copy(zipped, torn / "pytorch_model.bin")  # LongLoRA's layout, read by longctx itself
+    assert "refusing to load" in run_script_expecting_error(capsys, SCRIPT, "--checkpoint_path", torn, "--output_dir", tmp_path / "out")
+    assert not marker.exists()
+
+
+def test_outputs_never_replace_what_is_read_nor_existing_files_unless_asked(tiny_model_dir, tmp_path, capsys):
+    checkpoint = fine_tune_checkpoint(tiny_model_dir, tmp_path / "run")
+    before = {path.name: path.read_bytes() for path in checkpoint.iterdir() if path.is_file()}
+    # already split: checked against the base, nothing rewritten (a narrower --trainable_params would lose weights)
+    run_script(SCRIPT, "--checkpoint_path", checkpoint, "--trainable_params", "norm")
+    assert "already split" in capsys.readouterr().out
+    assert before == {path.name: path.read_bytes() for path in checkpoint.iterdir() if path.is_file()}
+    run_script(SCRIPT, "--checkpoint_path", checkpoint, "--output_dir", tmp_path / "split")
+    line = run_script_expecting_error(capsys, SCRIPT, "--checkpoint_path", checkpoint, "--output_dir", tmp_path / "split")
+    assert "adapter_model.safetensors already exists: pass --overwrite True" in line
+    run_script(SCRIPT, "--checkpoint_path", checkpoint, "--output_dir", tmp_path / "split", "--overwrite", "True")

@@ -113,7 +113,7 @@ def test_tokenize_data_tool_writes_uint16_that_eval_reads(tiny_model_dir, tmp_pa
         expected += tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     assert np.fromfile(output, dtype="<u2").tolist() == expected
 
-    line = run_script_expecting_error(capsys, "longctx/tokenize_data.py", "--tokenizer", str(tiny_model_dir), "--input", str(tmp_path / "nothing.txt"), "--output", str(output))
+    line = run_script_expecting_error(capsys, "longctx/tokenize_data.py", "--tokenizer", str(tiny_model_dir), "--input", str(tmp_path / "nothing.txt"), "--output", str(tmp_path / "new.bin"))
     assert "nothing.txt: no such file or folder" in line
 
 
@@ -139,3 +139,35 @@ def test_tokenize_data_switches_to_uint32_and_never_wraps(tmp_path):
     assert np.fromfile(path, dtype="<u4").tolist() == [70_097, 70_098, 70_099, 199_999]
     with pytest.raises(ValueError, match="does not fit"):
         tokenize_to_file(str(tmp_path / "a.txt"), str(tmp_path / "narrow.bin"), WideTokenizer(), dtype="uint16")
+
+
+def test_weights_that_do_not_fit_the_model_are_one_line_before_anything_is_scored(capsys, tiny_model_dir, tmp_path):
+    """An adapter from a model of the same width but fewer layers used to load half-applied (exit 0);
+    one from another base printed a line per weight; a torn one gave a traceback."""
+    from tests.test_merging import adapter_for_another_base
+    from tests.tiny_models import save_moved_adapter, save_tiny_model
+
+    def error(adapter):
+        return run_script_expecting_error(
+            capsys, "eval.py", "--base_model", tiny_model_dir, "--peft_model", adapter, *COMMON[:4], "--seq_len", "32"
+        )
+
+    one_layer = save_tiny_model(tmp_path / "one-layer-model", num_hidden_layers=1)
+    save_moved_adapter(one_layer, tmp_path / "fewer-layers")
+    line = error(tmp_path / "fewer-layers")
+    assert "trainable_params.safetensors lacks model.layers.1." in line and "fewer layers" in line
+    (tmp_path / "fewer-layers" / "trainable_params.safetensors").unlink()
+    line = error(tmp_path / "fewer-layers")
+    assert "holds 8 of the 16 LoRA weights this model takes" in line and "layers.1." in line
+
+    foreign = adapter_for_another_base(tmp_path / "foreign")
+    assert "model.embed_tokens.weight has shape (128, 32), the model has (320, 64)" in error(foreign)
+    (foreign / "trainable_params.safetensors").unlink()
+    line = error(foreign)
+    assert "adapter built for another base model" in line and "has shape (4, 32), this model takes (4, 64)" in line
+
+    torn = tmp_path / "torn"
+    save_moved_adapter(tiny_model_dir, torn)
+    (torn / "adapter_model.safetensors").write_bytes((torn / "adapter_model.safetensors").read_bytes()[:200])
+    line = error(torn)
+    assert "cannot read" in line and "torn/adapter_model.safetensors" in line

@@ -123,7 +123,8 @@ def test_bad_input_fails_with_one_line_and_leaves_nothing(tiny_model_dir, tmp_pa
     assert "not a PEFT adapter folder" in merge_error("--peft_model", tmp_path / "missing", "--context_size", CONTEXT)
     torn = make_adapter(tiny_model_dir, tmp_path / "torn", seed=1)
     (torn / "adapter_model.safetensors").write_bytes(b"not safetensors")
-    assert "cannot read the adapter weights" in merge_error("--peft_model", torn, "--context_size", CONTEXT)
+    line = merge_error("--peft_model", torn, "--context_size", CONTEXT)
+    assert "cannot read" in line and "torn/adapter_model.safetensors" in line
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
     save_path.mkdir(parents=True)
