@@ -4,7 +4,9 @@
    Batches may carry `loss_weights` and `num_sequences` (LongAlign's loss weighting, longctx.sft_batching):
    the loss is then divided by the sequences of the whole accumulated batch rather than its tokens.
 2. Checkpoints hold `trainable_params.safetensors` (embeddings, norms) beside the PEFT adapter, and a
-   resumed run loads them back, so an interrupted run loses only the steps since its last save.
+   resumed run loads them back, so an interrupted run loses only the steps since its last save. A
+   checkpoint left half-written by a kill is skipped, and one from another run (another base model,
+   --lora_r, --lora_target) or with unsafe or damaged pickles is refused before anything loads it.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import os
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from transformers import Trainer, TrainerCallback, set_seed
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
 from longctx.lora import base_model_of, has_trainable_params, load_trainable_params, save_trainable_params
 from longctx.loss import DEFAULT_CHUNK_SIZE, causal_lm_loss
 from longctx.outputs import check_output_folder
+from longctx.pickles import safe_unpickling
 from longctx.stages import apply_earlier_stages, check_start, stages_below
 from longctx.training_record import TrainingRecord, read_record, record_from_model, write_record
 
@@ -90,17 +94,37 @@ def save_trainable_params_from_all_processes(model, folder: str | Path, is_main_
 
 
 class SaveTrainableParamsCallback(TrainerCallback):
-    """Write trainable_params.safetensors and the training record into every checkpoint folder the Trainer saves."""
+    """Write trainable_params.safetensors and the training record into every checkpoint folder the Trainer saves.
+
+    They go in before the Trainer's own files, at the end of the step (or epoch) that saves, so a
+    checkpoint is complete once trainer_state.json, the Trainer's last file, is there
+    (longctx.checkpoints.missing_from_checkpoint), and --save_total_limit, applied right after it,
+    never deletes the previous checkpoint while the new one still lacks them. A save decided later
+    (on a new best metric) gets them just after the Trainer's files.
+    """
 
     def __init__(self, record: TrainingRecord | None = None):
         self.record = record
+        self.written_step = None
 
-    def on_save(self, args, state, control, model=None, **kwargs):
+    def write(self, args, state, model) -> None:
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if model is not None and has_trainable_params(model):
             save_trainable_params_from_all_processes(model, checkpoint, state.is_world_process_zero)
         if self.record is not None and state.is_world_process_zero:
             write_record(checkpoint, self.record)
+        self.written_step = state.global_step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if control.should_save:
+            self.write(args, state, model)
+        return control
+
+    on_epoch_end = on_step_end
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if self.written_step != state.global_step:
+            self.write(args, state, model)
         return control
 
 
@@ -128,18 +152,61 @@ def resume_asked(resume_from_checkpoint: str | bool | None) -> bool:
     return resume_from_checkpoint not in (None, False, "", "False", "false")
 
 
-def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
-    """A checkpoint folder to resume from: a path, or True/'latest' for the newest in output_dir."""
+def resolve_resume_checkpoint(
+    resume_from_checkpoint: str | bool | None,
+    output_dir: str,
+    trainable_params: bool = False,
+    training_record: bool = False,
+) -> str | None:
+    """A complete checkpoint folder to resume from: a path, or True/'latest' for the newest complete one in output_dir.
+
+    Complete is `longctx.checkpoints.missing_from_checkpoint` (with what this run saves: trainable params,
+    a training record); a folder left half-written by a run killed while saving is skipped with a note,
+    and refused when named explicitly.
+    """
+    from longctx.checkpoints import missing_from_checkpoint
+
     if not resume_asked(resume_from_checkpoint):
         return None
+    expected = {"trainable_params": trainable_params, "training_record": training_record}
     if resume_from_checkpoint in (True, "True", "true", "latest"):
-        checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        if checkpoint is None:
+        checkpoints = sort_checkpoints(output_dir) if os.path.isdir(output_dir) else []
+        if not checkpoints:
             raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint-* folder in {output_dir}")
-        return checkpoint
+        for checkpoint in reversed(checkpoints):
+            missing = missing_from_checkpoint(checkpoint, **expected)
+            if not missing:
+                return checkpoint
+            print(f"{checkpoint} is incomplete (no {missing[0]}: stopped while saving it); skipped", flush=True)
+        raise FileNotFoundError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir}")
     if not os.path.isdir(resume_from_checkpoint):
         raise FileNotFoundError(f"--resume_from_checkpoint: {resume_from_checkpoint} is not a folder")
+    missing = missing_from_checkpoint(resume_from_checkpoint, **expected)
+    if missing:
+        raise ValueError(
+            f"--resume_from_checkpoint {resume_from_checkpoint} is incomplete (no {missing[0]}: the run was stopped "
+            "while saving it); resume from an earlier checkpoint, or pass latest"
+        )
     return resume_from_checkpoint
+
+
+def check_resumable(model, checkpoint: str) -> None:
+    """Before the Trainer or DeepSpeed reads a checkpoint: its pickles are data only and undamaged
+    (longctx.pickles), and its adapter is this run's (same base model, --lora_r and --lora_target)."""
+    from longctx.lora import adapter_weight_shapes, check_adapter_weights, read_adapter_weights
+    from longctx.pickles import check_checkpoint_pickles
+
+    check_checkpoint_pickles(checkpoint)
+    if isinstance(model, PeftModel):
+        state = read_adapter_weights(checkpoint)
+        shapes = adapter_weight_shapes(base_model_of(model).config, model.peft_config[model.active_adapter])
+        try:
+            check_adapter_weights(state, shapes, checkpoint)
+        except ValueError as error:
+            raise ValueError(
+                f"--resume_from_checkpoint {error}; resume with the run's own --model_name_or_path, --lora_r "
+                "and --lora_target"
+            ) from None
 
 
 def restore_trainable_params(model, checkpoint: str, deepspeed: bool = False) -> None:
@@ -201,16 +268,21 @@ def training_record(model, model_args, train_args) -> TrainingRecord:
 
 def prepare_for_training(model, train_args, sft_group_size: int | None = None, continue_from: str | None = None):
     """S²-Attn (unless --use_full_attn) and LoRA+ (with --low_rank_training; `continue_from` an adapter
-    folder whose LoRA trains on); returns (model, trainable count)."""
+    folder whose LoRA trains on); returns (model, trainable count).
+
+    --seed is applied first: LoRA's initialisation draws random numbers, and the Trainer seeds only
+    once it is built, after them.
+    """
     from longctx.attention import enable_s2_attn
     from longctx.lora import count_parameters, setup_lora
+
+    set_seed(train_args.seed)
 
     if not train_args.use_full_attn:
         enable_s2_attn(
             model, train_args.group_size_ratio, train_args.group_size, train_args.use_flash_attn, sft_group_size=sft_group_size
         )
     if train_args.low_rank_training:
-        set_seed(train_args.seed)  # LoRA draws its A matrices now, before the Trainer would seed
         model = setup_lora(
             model,
             r=train_args.lora_r,
@@ -237,10 +309,17 @@ def train_and_save(model, train_args, train_dataset, data_collator, tokenizer, t
         loss_chunk_size=train_args.loss_chunk_size,
         train_sampler=train_sampler,
     )
-    checkpoint = resolve_resume_checkpoint(train_args.resume_from_checkpoint, train_args.output_dir)
+    checkpoint = resolve_resume_checkpoint(
+        train_args.resume_from_checkpoint,
+        train_args.output_dir,
+        trainable_params=has_trainable_params(model) and not train_args.deepspeed,
+        training_record=record is not None,
+    )
     if checkpoint:
+        check_resumable(model, checkpoint)
         restore_trainable_params(model, checkpoint, deepspeed=bool(train_args.deepspeed))
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    with safe_unpickling() if checkpoint else contextlib.nullcontext():  # DeepSpeed loads with weights_only=False
+        result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(train_args.output_dir)
     if train_args.low_rank_training:
         save_trainable_params_from_all_processes(model, train_args.output_dir, train_args.process_index == 0)

@@ -1,6 +1,7 @@
 """fine-tune.py end to end on a tiny model: checkpoints, resume, before/after perplexity, bad input."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -133,3 +134,82 @@ def test_another_runs_output_dir_is_never_reused_silently(capsys, tmp_path, tiny
         capsys, "supervised-fine-tune.py", *base, "--data_path", tmp_path / "sft.json", "--output_dir", run
     )
     assert "already exists and is not empty" in line
+
+
+def saved_weights(folder):
+    return {**load_file(folder / "adapter_model.safetensors"), **load_file(folder / "trainable_params.safetensors")}
+
+
+def test_the_same_seed_gives_the_same_checkpoint(tiny_model_dir, tmp_path):
+    """--seed fixes LoRA's initialisation too (it is drawn before the Trainer seeds), whatever ran before."""
+    runs = {}
+    for name, seed, rng_state in (("a", "7", 1), ("b", "7", 2), ("c", "8", 1)):
+        torch.manual_seed(rng_state)  # another process state before the run
+        fine_tune(tiny_model_dir, tmp_path / name, "--max_steps", "1", "--skip_eval", "True", "--seed", seed)
+        runs[name] = saved_weights(tmp_path / name / "checkpoint-1")
+    assert runs["a"].keys() == runs["b"].keys()
+    assert all(torch.equal(runs["a"][key], runs["b"][key]) for key in runs["a"])
+    assert not all(torch.equal(runs["a"][key], runs["c"][key]) for key in runs["a"])
+
+
+def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tiny_model_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    fine_tune(tiny_model_dir, run, "--max_steps", "2", "--skip_eval", "True")
+    checkpoint = run / "checkpoint-2"
+    # trainable params and the record are written before the Trainer's state, its last file
+    state_written = (checkpoint / "trainer_state.json").stat().st_mtime_ns
+    assert (checkpoint / "trainable_params.safetensors").stat().st_mtime_ns < state_written
+    assert (checkpoint / "longctx_training.json").stat().st_mtime_ns < state_written
+    # killed while saving checkpoint-2: it holds only the adapter
+    for path in checkpoint.iterdir():
+        if not path.name.startswith("adapter_"):
+            path.unlink()
+    line = run_script_expecting_error(
+        capsys, "fine-tune.py", "--model_name_or_path", tiny_model_dir, "--output_dir", run, "--max_steps", "3",
+        "--resume_from_checkpoint", checkpoint,
+    )
+    assert f"--resume_from_checkpoint {checkpoint} is incomplete (no optimizer.pt" in line
+    fine_tune(tiny_model_dir, run, "--max_steps", "3", "--skip_eval", "True", "--resume_from_checkpoint", "latest")
+    out = capsys.readouterr().out
+    assert f"{checkpoint} is incomplete" in out and "skipped" in out
+    assert json.loads((run / "fine-tune-results.json").read_text())["steps"] == 3
+    assert (run / "checkpoint-2" / "trainer_state.json").is_file()  # saved again, complete this time
+
+
+def test_resume_refuses_another_runs_or_damaged_checkpoints_before_loading_them(tiny_model_dir, tmp_path, capsys):
+    from tests.test_pickles import crafted_files
+
+    original = tmp_path / "run"
+    fine_tune(tiny_model_dir, original, "--max_steps", "1", "--skip_eval", "True")
+
+    def resume(name, *extra):
+        run = tmp_path / name
+        shutil.copytree(original, run)
+        return run / "checkpoint-1", lambda: run_script_expecting_error(
+            capsys, "fine-tune.py", "--model_name_or_path", tiny_model_dir, "--output_dir", run, "--max_steps", "2",
+            "--skip_eval", "True", "--resume_from_checkpoint", "latest", *extra,
+        )
+
+    _, error = resume("rank", "--lora_r", "4")
+    line = error()
+    assert "--resume_from_checkpoint" in line and "LoRA rank" in line and "--lora_r" in line
+
+    checkpoint, error = resume("optimizer")
+    (checkpoint / "optimizer.pt").write_bytes((checkpoint / "optimizer.pt").read_bytes()[:1000])
+    assert "cannot read" in (line := error()) and "optimizer.pt" in line
+
+    checkpoint, error = resume("adapter")
+    (checkpoint / "adapter_model.safetensors").write_bytes((checkpoint / "adapter_model.safetensors").read_bytes()[:100])
+    assert "cannot read" in (line := error()) and "adapter_model.safetensors" in line
+
+    marker = tmp_path / "ran"
+    checkpoint, error = resume("crafted-rng")
+    zipped, raw = crafted_files(tmp_path / "crafted", marker)
+    shutil.copy(zipped, checkpoint / "rng_state.pth")
+    assert "refusing to load" in (line := error()) and "rng_state.pth" in line
+    checkpoint, error = resume("crafted-deepspeed")
+    (checkpoint / "global_step1").mkdir()
+    shutil.copy(raw, checkpoint / "global_step1" / "mp_rank_00_model_states.pt")
+    (checkpoint / "latest").write_text("global_step1")
+    assert "mp_rank_00_model_states.pt: not a file torch.save wrote" in error()
+    assert not marker.exists()
