@@ -89,6 +89,7 @@ def main():
             tokenizer,
             check_args.eval_seq_len or train_args.model_max_length,
             max_rows=check_args.eval_windows,
+            flag="--eval_data_path",
         )
     is_main_process = train_args.process_index == 0
     before = perplexity_check(model, eval_rows, is_main_process)

@@ -27,7 +27,7 @@ from longctx.sft_data import Conversation, prompt_token_ids, read_records, to_co
 def load_questions(path: str | Path, max_questions: int | None = None) -> list[tuple[Conversation, str]]:
     """(conversation, answer key) pairs; a record without an `answer` key or a usable conversation is an error."""
     questions = []
-    for number, record in read_records(path)[:max_questions]:
+    for number, record in read_records(path, flag="--eval_data_path")[:max_questions]:
         conversation = to_conversation(record)
         if isinstance(conversation, str) or not str(record.get("answer", "")).strip():
             reason = conversation if isinstance(conversation, str) else "no 'answer' key"

@@ -84,15 +84,20 @@ class SFTStats:
 # Reading records
 
 
-def read_records(path: str | Path) -> list[tuple[int, object]]:
-    """(record number, parsed record) pairs from a .json list or a .jsonl file; bad JSON names its line."""
+def read_records(path: str | Path, flag: str = "--data_path") -> list[tuple[int, object]]:
+    """(record number, parsed record) pairs from a .json list or a .jsonl file; bad JSON or bytes name the file
+    and line (`flag` names the path when it is missing)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--data_path {path}: no such file")
+        raise FileNotFoundError(f"{flag} {path}: no such file")
     if path.suffix == ".jsonl":
         records = []
-        with path.open(encoding="utf-8-sig") as file:
-            for line_number, line in enumerate(file, start=1):
+        with path.open("rb") as file:
+            for line_number, raw_line in enumerate(file, start=1):
+                try:
+                    line = raw_line.decode("utf-8-sig" if line_number == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    raise ValueError(f"{path}:{line_number} is not UTF-8 text") from None
                 if not line.strip():
                     continue
                 try:
@@ -103,7 +108,9 @@ def read_records(path: str | Path) -> list[tuple[int, object]]:
     if path.suffix != ".json":
         raise ValueError(f"{path}: SFT data is a LongAlpaca .json list or a chat .jsonl file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text (invalid byte at offset {error.start})") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
     if not isinstance(data, list):

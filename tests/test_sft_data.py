@@ -132,3 +132,17 @@ def test_smollm2_chat_template_answer_labels():
     assert sample.input_ids == smollm2(full, add_special_tokens=False)["input_ids"]
     prompt = smollm2.decode(prompt_token_ids(smollm2, to_conversation(record), "chat"))
     assert prompt.endswith("Question: What is here?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_garbage_files_are_named_in_the_error(tmp_path):
+    from longctx.qa_accuracy import load_questions
+    from longctx.sft_data import read_records
+
+    (tmp_path / "train.json").write_bytes(b"\xff\xfe\x00garbage" * 10)
+    with pytest.raises(ValueError, match=r"train.json is not UTF-8 text"):
+        read_records(tmp_path / "train.json")
+    (tmp_path / "train.jsonl").write_bytes(b'{"messages": []}\n\xff\xfe garbage\n')
+    with pytest.raises(ValueError, match=r"train.jsonl:2 is not UTF-8 text"):
+        read_records(tmp_path / "train.jsonl")
+    with pytest.raises(FileNotFoundError, match="--eval_data_path .*heldout.json: no such file"):
+        load_questions(tmp_path / "heldout.json")
