@@ -5,6 +5,12 @@ questions reuse the KV cache of the conversation, so the document is read once. 
 unreadable PDF, a document over the window) show in the page. Served on 127.0.0.1 only; --share
 opens a public gradio.live link, and --host 0.0.0.0 the local network.
 
+Several users: each browser session has its own document and conversation, never another's. The
+model answers one question at a time; the others wait in gradio's queue, which shows their
+position. At most --cached_conversations conversations keep their KV cache in memory (the least
+recently asked re-read their tokens when asked again), and a session idle for --session_timeout
+seconds is forgotten, so memory stays bounded however many sessions come and go.
+
 The bundled SmolLM2:
     python demo.py --port 8898
     # then open http://127.0.0.1:8898
@@ -24,7 +30,7 @@ import torch
 from transformers import TextIteratorStreamer
 
 from longctx.args import DemoArguments
-from longctx.chat import ChatSession
+from longctx.chat import CachePool, ChatSession
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.material import encode, first_turn, read_material
 from longctx.modeling import load_for_inference
@@ -38,8 +44,17 @@ def check_port_free(host: str, port: int) -> None:
             raise ValueError(f"--port {port} is in use on {host}: pick another --port") from None
 
 
+def shown(error: Exception, path: str) -> str:
+    """An error about an uploaded file, naming it as the user knows it rather than by the server's temp path."""
+    message = str(error)
+    for spelling in {str(Path(path)), str(Path(path).expanduser()), str(Path(path).resolve())}:
+        message = message.replace(spelling, Path(path).name)
+    return message
+
+
 def build_app(args: DemoArguments, model, tokenizer) -> gr.Blocks:
     window = args.window(model)
+    caches = CachePool(args.cached_conversations)
 
     def load_document(path):
         if not path:
@@ -47,7 +62,7 @@ def build_app(args: DemoArguments, model, tokenizer) -> gr.Blocks:
         try:
             text = read_material(path, ocr=args.ocr)
         except (ValueError, FileNotFoundError) as error:
-            raise gr.Error(str(error)) from None
+            raise gr.Error(shown(error, path)) from None
         tokens = len(encode(tokenizer, text))
         room = window - args.max_gen_len
         status = f"**{Path(path).name}**: {tokens:,} tokens; window {window:,} tokens ({room:,} for the prompt)."
@@ -86,6 +101,7 @@ def build_app(args: DemoArguments, model, tokenizer) -> gr.Blocks:
                 streamer.end()
 
         history = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+        caches.use(session)
         worker = Thread(target=generate, daemon=True)
         worker.start()
         for piece in streamer:
@@ -98,15 +114,19 @@ def build_app(args: DemoArguments, model, tokenizer) -> gr.Blocks:
 
     with gr.Blocks(title="longctx: read a long document", analytics_enabled=False) as app:
         gr.Markdown(f"## Ask about a long document\nModel: `{args.base_model}`; window {window:,} tokens.")
-        document = gr.State(None)
+        document = gr.State(None, time_to_live=args.session_timeout)  # this session's text and conversation
         upload = gr.File(label="Document (.txt, .md, .pdf)", file_types=[".txt", ".md", ".pdf"], type="filepath")
         status = gr.Markdown("No document yet: upload a .txt, .md or .pdf file.", elem_id="status")
         chatbot = gr.Chatbot(label="Answers", elem_id="answers", height=420)
         question = gr.Textbox(label="Question", placeholder="What is this document about?", elem_id="question")
         send = gr.Button("Ask", variant="primary", elem_id="ask")
-        upload.change(load_document, upload, [status, document, chatbot], api_name="load_document")
-        send.click(ask, [question, chatbot, document], [chatbot, question, document], api_name="ask")
-        question.submit(ask, [question, chatbot, document], [chatbot, question, document], api_name="ask_on_enter")
+        # one queue for everything that uses the model or its tokenizer: one request at a time, the rest wait
+        queued = {"concurrency_id": "model", "concurrency_limit": 1}
+        upload.change(load_document, upload, [status, document, chatbot], api_name="load_document", **queued)
+        send.click(ask, [question, chatbot, document], [chatbot, question, document], api_name="ask", **queued)
+        question.submit(
+            ask, [question, chatbot, document], [chatbot, question, document], api_name="ask_on_enter", **queued
+        )
     return app
 
 

@@ -457,11 +457,20 @@ class DemoArguments(ReadingArguments):
     host: str = _help("address to serve on (0.0.0.0 opens it to the network)", default="127.0.0.1")
     port: int = _help("port to serve on", default=8898)
     share: bool = _help("also open a public gradio.live link (off by default)", default=False)
+    cached_conversations: int = _help(
+        "conversations that keep their KV cache in memory; the least recently asked re-read theirs when asked again",
+        default=4,
+    )
+    session_timeout: float = _help("seconds an idle session's document and conversation are kept", default=3600)
 
     def __post_init__(self):
         super().__post_init__()
         if not 0 < self.port < 65536:
             raise ValueError(f"--port must be in 1-65535 (got {self.port})")
+        if self.cached_conversations <= 0:
+            raise ValueError(f"--cached_conversations must be positive (got {self.cached_conversations})")
+        if self.session_timeout <= 0:
+            raise ValueError(f"--session_timeout must be positive (got {self.session_timeout})")
 
 
 @dataclass

@@ -3,12 +3,17 @@
 inference.py --chat and demo.py keep asking about the same material without reading it again. With
 a `StreamingCache` (--enable_streaming) the cache keeps attention sinks and a recent window, so the
 conversation can run past the context window in bounded memory (StreamingLLM); with the default
-cache it grows, and a round that would overflow the window is refused.
+cache it grows, and a round that would overflow the window is refused. A server with many
+conversations bounds their caches with a `CachePool`: the least recently asked give theirs up and
+read their tokens again when next asked.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import weakref
+from collections import OrderedDict
 
 import torch
 from transformers import DynamicCache, GenerationConfig
@@ -43,10 +48,17 @@ class ChatSession:
             eos_token_id=model.generation_config.eos_token_id or tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        self.cache = StreamingCache(model, *streaming) if streaming else DynamicCache(config=model.config)
+        self.cache = self._new_cache()
         self.messages: list[dict] = []
         self.history: list[int] = []  # every token given to or produced by the model, in order
         self.fed_text = ""  # the text of `history`
+
+    def _new_cache(self):
+        return StreamingCache(self.model, *self.streaming) if self.streaming else DynamicCache(config=self.model.config)
+
+    def release_cache(self) -> None:
+        """Drop the KV cache (memory); the next round reads the whole conversation again from its tokens."""
+        self.cache = self._new_cache()
 
     @property
     def device(self) -> torch.device:
@@ -106,3 +118,37 @@ class ChatSession:
         if isinstance(self.cache, StreamingCache):
             return self.cache.stored_length()
         return self.cache.get_seq_length()
+
+
+class CachePool:
+    """At most `capacity` conversations keep their KV cache; the least recently asked ones are released.
+
+    A server holds one conversation per open session, each with a cache up to the window in size; the
+    pool bounds their memory whatever the number of sessions. A released conversation reads its
+    tokens again when it is next asked (`ChatSession.release_cache`), and gives the same answers.
+    """
+
+    def __init__(self, capacity: int):
+        if capacity <= 0:
+            raise ValueError(f"the cache pool needs room for at least one conversation (got {capacity})")
+        self.capacity = capacity
+        self.recent: OrderedDict[int, weakref.ref] = OrderedDict()  # id -> conversation, least recent first
+        self.lock = threading.Lock()
+
+    def use(self, session: ChatSession) -> None:
+        """Mark `session` as about to be asked; release the least recent caches beyond the capacity."""
+        with self.lock:
+            self.recent.pop(id(session), None)
+            self.recent[id(session)] = weakref.ref(session)
+            for key, ref in list(self.recent.items()):
+                if ref() is None:  # the session's state was dropped (tab closed, timed out)
+                    del self.recent[key]
+            while len(self.recent) > self.capacity:
+                _, ref = self.recent.popitem(last=False)
+                if (oldest := ref()) is not None:
+                    oldest.release_cache()
+
+    def __len__(self) -> int:
+        """Conversations holding a cache now."""
+        with self.lock:
+            return sum(ref() is not None for ref in self.recent.values())

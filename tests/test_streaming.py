@@ -170,3 +170,32 @@ def test_chat_refuses_a_round_past_the_window_without_streaming(tiny_model_dir):
         for _ in range(10):
             session.ask("Tell me more about the whale and the sea.")
     assert session.messages[-1]["role"] == "assistant"  # the refused question is not kept
+
+
+def test_a_cache_pool_bounds_the_caches_and_a_released_conversation_answers_the_same(tiny_model_dir):
+    import gc
+
+    from longctx.chat import CachePool
+    from longctx.modeling import load_for_inference
+
+    model, tokenizer = load_for_inference(str(tiny_model_dir))
+
+    def conversation():
+        session = ChatSession(model, tokenizer, window=400, max_gen_len=8, temperature=0)
+        session.generation_config.min_new_tokens = 8
+        return session
+
+    pool, reference = CachePool(capacity=2), conversation()
+    sessions = [conversation() for _ in range(3)]
+    first_turn = "The ship is called the Pequod.\nWhat is the ship called?"
+    for session in [*sessions, reference]:
+        if session is not reference:
+            pool.use(session)
+        session.ask(first_turn)
+    assert len(pool) == 2 and sessions[0].cached_tokens() == 0 and sessions[2].cached_tokens() > 0
+    pool.use(sessions[0])  # asked again: it reads its conversation anew, the least recent one is released
+    assert sessions[0].ask("Who is the captain?") == reference.ask("Who is the captain?")
+    assert sessions[1].cached_tokens() == 0 and len(pool) == 2
+    del sessions[2]
+    gc.collect()
+    assert len(pool) == 1  # a dropped session's cache goes with it
