@@ -106,6 +106,7 @@ def check_result_files(
     """An evaluation script's --output_json and --plot (default: beside --output_json); returns the plot path."""
     from longctx.plots import plot_path
 
+    plot_flag = "--plot" if plot else "--plot (beside --output_json)"
     check_output_file("--output_json", output_json, inputs, overwrite)
-    check_output_file("--plot" if plot else "--plot (beside --output_json)", plot_path(output_json, plot), inputs, overwrite)
+    check_output_file(plot_flag, plot_path(output_json, plot), {**(inputs or {}), "--output_json": output_json}, overwrite)
     return plot_path(output_json, plot)
