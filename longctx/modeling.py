@@ -17,6 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from longctx.io import atomic_folder
+from longctx.pickles import check_pickle
 from longctx.rope import extend_context
 from longctx.training_record import TrainingRecord, apply_record, read_record, rope_for_reading
 
@@ -81,6 +82,8 @@ def resolve_model_path(model_name_or_path: str) -> str:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} is a folder without config.json, so not a Hugging Face model folder")
+        for weights in sorted(path.glob("pytorch_model*.bin")):
+            check_pickle(weights)  # transformers reads them weights-only; a crafted one is one line here, not a traceback
         return str(path)
     try:
         AutoConfig.from_pretrained(model_name_or_path, local_files_only=True)

@@ -74,3 +74,15 @@ def test_a_checkpoint_folder_is_checked_with_its_deepspeed_folders(tmp_path):
     with pytest.raises(ValueError, match="cannot read .*mp_rank_00_model_states.pt: not a file torch.save wrote, or damaged"):
         check_checkpoint_pickles(checkpoint)
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_model_folder_with_a_crafted_weights_file_is_refused(tmp_path):
+    from longctx.modeling import resolve_model_path
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    zipped, _ = crafted_files(tmp_path / "crafted", tmp_path / "ran")
+    zipped.rename(tmp_path / "model" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="refusing to load .*pytorch_model.bin"):
+        resolve_model_path(str(tmp_path / "model"))
+    assert not (tmp_path / "ran").exists()
