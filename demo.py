@@ -34,6 +34,7 @@ from longctx.chat import CachePool, ChatSession
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.material import encode, first_turn, read_material
 from longctx.modeling import load_for_inference
+from longctx.prompts import usable_template
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -133,8 +134,8 @@ def build_app(args: DemoArguments, model, tokenizer) -> gr.Blocks:
 def main():
     (args,) = parse_dataclasses((DemoArguments,), __doc__)
     check_port_free(args.host, args.port)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_for_inference(**args.load_options(None), device=device)
+    model, tokenizer = load_for_inference(**args.loading_options(None))
+    args.prompt_template = usable_template(tokenizer, args.prompt_template)
     torch.manual_seed(args.seed)
     app = build_app(args, model, tokenizer)
     print(

@@ -20,8 +20,6 @@ LongLoRA's command on a GPU (token file from `python -m longctx.tokenize_data`):
 
 import time
 
-import torch
-
 from longctx.args import PerplexityArguments
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.data import default_eval_data
@@ -35,12 +33,15 @@ def main():
     started = time.perf_counter()
     data_path = args.data_path or default_eval_data()
     plot = check_result_files(args.output_json, args.plot, {"--data_path": data_path}, args.overwrite)
-    tokens = token_stream(data_path, load_tokenizer(resolve_model_path(args.base_model)), args.token_dtype, args.max_tokens)
+    tokenizer = load_tokenizer(resolve_model_path(args.base_model, args.cache_dir), args.cache_dir)
+    tokens = token_stream(data_path, tokenizer, args.token_dtype, args.max_tokens)
     check_lengths(len(tokens), args.seq_lens, args.scoring, args.sliding_window, data_path)
-    model, _ = load_for_inference(**args.load_options(args.seq_lens[-1]), device="cuda" if torch.cuda.is_available() else "cpu")
+    model, _ = load_for_inference(**args.loading_options(args.seq_lens[-1]))
     print(f"{len(tokens):,} tokens from {data_path}; scoring {args.scoring}, stride {args.sliding_window}", flush=True)
     results = [
-        evaluate_perplexity(model, tokens, seq_len, args.scoring, args.sliding_window, args.batch_size)
+        evaluate_perplexity(
+            model, tokens, seq_len, args.scoring, args.sliding_window, args.batch_size, refresh_every=args.progress_bar_fresh_rate
+        )
         for seq_len in args.seq_lens
     ]
     config = {**run_config(args, model), "data_path": data_path, "data_tokens": len(tokens), "processes": 1}

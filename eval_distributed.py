@@ -38,15 +38,17 @@ def main():
     rank, world_size, device = init_distributed()
     try:
         data_path = args.data_path or default_eval_data()
+        if args.device_map:
+            raise ValueError("--device_map spreads one model over the GPUs: use eval.py; here each process holds a whole model")
         plot = check_result_files(args.output_json, args.plot, {"--data_path": data_path}, args.overwrite)
-        tokenizer = load_tokenizer(resolve_model_path(args.base_model))
+        tokenizer = load_tokenizer(resolve_model_path(args.base_model, args.cache_dir), args.cache_dir)
         tokens = token_stream(data_path, tokenizer, args.token_dtype, args.max_tokens)
         check_lengths(len(tokens), args.seq_lens, args.scoring, args.sliding_window, data_path)
-        model, _ = load_for_inference(**args.load_options(args.seq_lens[-1]), device=device)
+        model, _ = load_for_inference(**args.loading_options(args.seq_lens[-1], device=device))
         results = [
             evaluate_perplexity(
                 model, tokens, seq_len, args.scoring, args.sliding_window, args.batch_size,
-                rank=rank, world_size=world_size, progress=rank == 0,
+                rank=rank, world_size=world_size, progress=rank == 0, refresh_every=args.progress_bar_fresh_rate,
             )
             for seq_len in args.seq_lens
         ]

@@ -3,6 +3,8 @@
 RoPE is rescaled to --model_max_length, the model trains with shifted sparse attention and LoRA+
 (LoRA on attention plus trainable embeddings and norms), and a perplexity check with full attention
 runs on held-out text before and after. Checkpoints hold the adapter and trainable_params.safetensors.
+Like LongLoRA, a tokenizer without a pad token (Llama-2's) gets `[PAD]` first, so the embeddings have
+LongLoRA's rows and its released LoRA+ weights and ours load into each other (longctx.special_tokens).
 
 Quick start on a CPU (bundled SmolLM2-135M and PG19 books, 16k tokens = twice the native window):
     python fine-tune.py --model_max_length 16384 --max_steps 3 --learning_rate 1e-3 --warmup_steps 0 \

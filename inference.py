@@ -30,13 +30,14 @@ from longctx.chat import ChatSession
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.material import first_turn, read_material
 from longctx.modeling import load_for_inference
+from longctx.prompts import usable_template
 
 
 def main():
     (args,) = parse_dataclasses((InferenceArguments,), __doc__)
     material = read_material(args.material, ocr=args.ocr)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_for_inference(**args.load_options(None), device=device)
+    model, tokenizer = load_for_inference(**args.loading_options(None))
+    args.prompt_template = usable_template(tokenizer, args.prompt_template)
     window = args.window(model)
     question = args.question or input("question> ")
     user_turn, size = first_turn(tokenizer, material, question, window, args)

@@ -1,18 +1,22 @@
 """Merge LoRA adapter(s) and LoRA+ trainable weights into a base model; save a plain HF model.
 
 Each --peft_model folder (adapter_model.safetensors, adapter_config.json, trainable_params.safetensors,
-as fine-tune.py and get_trainable_weights.py write them) is applied in the order given. The saved
-config carries the RoPE the adapters were trained with (the last folder's longctx_training.json), or
-for folders without one (LongLoRA's) the linear scaling for --context_size, so the merged model reads
-long inputs as is. The save is atomic: on any error no --save_path folder is left behind.
+as fine-tune.py and get_trainable_weights.py write them; LongLoRA's .bin files too) is applied in the
+order given. The saved config carries the RoPE the adapters were trained with (the last folder's
+longctx_training.json), or for LoRA+ folders without one (LongLoRA's) the linear scaling for
+--context_size, so the merged model reads long inputs as is; plain LoRA folders without one
+(Gradient's) keep the base model's RoPE. Plain LoRA adapters merge as they are; a folder that says it
+trained embeddings and norms (LoRA+) but lacks their file is refused. The save is atomic: on any
+error no --save_path folder is left behind.
 
     python merge_lora_weights_and_save_hf_model.py --base_model smollm2 \
         --peft_model outputs/smollm2-16k --save_path outputs/smollm2-16k-merged
 
-Several stages in order (Gradient's 1048k recipe; python -m longctx.progressive does this itself),
-in bfloat16 for a large model:
-    python merge_lora_weights_and_save_hf_model.py --base_model path/to/Llama-3-8B-Instruct \
-        --peft_model outputs/stage-65k outputs/stage-262k --dtype bfloat16 --save_path outputs/llama3-262k
+Several stages in order (Gradient's 1048k recipe; progressive.py does this itself), with Gradient's
+merge_adapters.py flags, in bfloat16 for a large model:
+    python merge_lora_weights_and_save_hf_model.py --base_model_name_or_path path/to/Llama-3-8B-Instruct \
+        --peft_model_paths outputs/stage-65k outputs/stage-262k --output_dir outputs/llama3-262k \
+        --device auto --dtype bfloat16
 
 A LongLoRA folder (no training record): --context_size 32768 gives LongLoRA's linear factor.
 """
@@ -29,13 +33,19 @@ from longctx.rope import ROPE_METHODS, context_window
 
 @dataclass
 class Arguments:
-    peft_model: list[str] = field(metadata={"help": "adapter folder(s), merged in the order given"})
-    save_path: str = field(metadata={"help": "new folder for the merged model and tokenizer"})
+    peft_model: list[str] = field(
+        metadata={"help": "adapter folder(s), merged in the order given", "aliases": ["--peft_model_paths"]}
+    )
+    save_path: str = field(metadata={"help": "new folder for the merged model and tokenizer", "aliases": ["--output_dir"]})
     context_size: int | None = field(
         default=None,
-        metadata={"help": "context length the merged model is for (default: the training length the last adapter records)"},
+        metadata={"help": "context length the merged model is for (default: the training length the last adapter "
+                          "records; plain LoRA adapters without one: the base model's window)"},
     )
-    base_model: str = field(default="smollm2", metadata={"help": "'smollm2', a local HF folder or a cached hub id"})
+    base_model: str = field(
+        default="smollm2",
+        metadata={"help": "'smollm2', a local HF folder or a cached hub id", "aliases": ["--base_model_name_or_path"]},
+    )
     dtype: str = field(default="float32", metadata={"help": f"dtype to merge and save in: {', '.join(DTYPES)}"})
     rope_method: str | None = field(
         default=None,
@@ -44,9 +54,21 @@ class Arguments:
     rope_factor: float | None = field(
         default=None, metadata={"help": "RoPE factor used in training (default: from --context_size)"}
     )
-    require_trainable_params: bool = field(
-        default=True, metadata={"help": "refuse adapter folders without trainable_params (False: LoRA-only adapters)"}
+    require_trainable_params: bool | None = field(
+        default=None,
+        metadata={"help": "True: refuse folders without trainable_params; False: merge LoRA alone; default: refuse "
+                          "only a folder that says it trained them (its training record, or a whole checkpoint)"},
     )
+    device: str = field(
+        default="cpu", metadata={"help": "where to merge (Gradient's flag): cpu, cuda, cuda:N, or auto to spread over the GPUs"}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "run the model's own code (Gradient's flag; off unless asked; it must be local)"}
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Hugging Face cache folder to find hub ids in (LongLoRA's flag); local files only"}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "refused: nothing is uploaded from here (Gradient's flag)"})
 
     def __post_init__(self):
         if self.context_size is not None and self.context_size <= 0:
@@ -55,6 +77,13 @@ class Arguments:
             raise ValueError(f"--dtype {self.dtype} is not one of {', '.join(DTYPES)}")
         if self.rope_method is not None and self.rope_method not in ROPE_METHODS:
             raise ValueError(f"--rope_method {self.rope_method} is not one of {', '.join(ROPE_METHODS)}")
+        if self.push_to_hub:
+            raise ValueError("--push_to_hub: longctx uploads nothing; upload --save_path yourself (huggingface-cli upload)")
+        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
+            raise ValueError(f"--device {self.device}: choose cpu, cuda, cuda:N or auto")
+
+    def device_map(self) -> str | dict | None:
+        return None if self.device == "cpu" else "auto" if self.device == "auto" else {"": self.device}
 
 
 def main():
@@ -68,6 +97,9 @@ def main():
         rope_method=args.rope_method,
         rope_options=None if args.rope_factor is None else {"factor": args.rope_factor},
         require_trainable_params=args.require_trainable_params,
+        device_map=args.device_map(),
+        cache_dir=args.cache_dir,
+        trust_remote_code=args.trust_remote_code,
     )
     config = AutoConfig.from_pretrained(save_path)
     print(f"merged {len(args.peft_model)} adapter(s) into {args.base_model}; saved to {save_path}")

@@ -20,8 +20,6 @@ must be part of the needle). Without --context_size, RoPE is scaled to reach --m
 
 import time
 
-import torch
-
 from longctx.args import NeedleArguments
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.data import default_eval_data
@@ -37,8 +35,7 @@ def main():
     haystack_path = args.haystack or default_eval_data()
     plot = check_result_files(args.output_json, args.plot, {"--haystack": haystack_path}, args.overwrite)
     sentences = split_sentences(read_haystack(haystack_path))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_for_inference(**args.load_options(args.max_tokens), device=device)
+    model, tokenizer = load_for_inference(**args.loading_options(args.max_tokens))
 
     def make_case(length, depth, test):
         # each test's haystack starts at another place in the books

@@ -22,8 +22,6 @@ Without --context_size, RoPE is scaled to reach --max_tokens (a no-op within the
 
 import time
 
-import torch
-
 from longctx.args import RetrievalArguments
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.evaluation import run_config
@@ -36,8 +34,7 @@ def main():
     (args,) = parse_dataclasses((RetrievalArguments,), __doc__)
     started = time.perf_counter()
     plot = check_result_files(args.output_json, args.plot, overwrite=args.overwrite)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_for_inference(**args.load_options(args.max_tokens), device=device)
+    model, tokenizer = load_for_inference(**args.loading_options(args.max_tokens))
 
     def make_case(length, depth, test):
         # LongLoRA seeds test i with i: the same keys at every length

@@ -25,12 +25,11 @@ Without --context_size, RoPE is scaled to reach the longest length (a no-op with
 
 import time
 
-import torch
-
 from longctx.args import RulerArguments
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.evaluation import run_config
 from longctx.modeling import load_for_inference
+from longctx.outputs import check_result_files
 from longctx.ruler_scoring import report_ruler, run_ruler
 from longctx.ruler_tasks import check_lengths, load_material, make_sample
 
@@ -38,9 +37,9 @@ from longctx.ruler_tasks import check_lengths, load_material, make_sample
 def main():
     (args,) = parse_dataclasses((RulerArguments,), __doc__)
     started = time.perf_counter()
+    plot = check_result_files(args.output_json, args.plot, {"--haystack": args.haystack}, args.overwrite)
     material = load_material(args.haystack)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_for_inference(**args.load_options(args.target_lengths[-1]), device=device)
+    model, tokenizer = load_for_inference(**args.loading_options(args.target_lengths[-1]))
     check_lengths(tokenizer, material, args.task_names, args.target_lengths, args.seed)  # before any generation
 
     def make(task, length, index):
@@ -54,7 +53,7 @@ def main():
         "batch_size": batch_size,
         "seconds": time.perf_counter() - started,
     }
-    report_ruler(records, config, args.threshold, args.output_json, args.plot, title=f"RULER: {args.base_model}")
+    report_ruler(records, config, args.threshold, args.output_json, plot, title=f"RULER: {args.base_model}")
 
 
 if __name__ == "__main__":

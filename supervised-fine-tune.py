@@ -32,6 +32,7 @@ from longctx.args import LongContextTrainingArguments, ModelArguments, QACheckAr
 from longctx.attention import LONGLORA_SFT_GROUP_SIZE, disable_s2_attn
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.plots import plot_loss_curve
+from longctx.prompts import usable_template
 from longctx.qa_accuracy import load_questions, qa_accuracy
 from longctx.sft_batching import SortedBatchSampler, build_sft_dataset, collate_sft
 from longctx.sft_data import load_sft_samples
@@ -60,6 +61,7 @@ def main():
     inputs = {"--model_name_or_path": model_args.model_name_or_path, "--data_path": data_args.data_path}
     check_output_dir(train_args, {**inputs, "--eval_data_path": check_args.eval_data_path})
     model, tokenizer = load_training_model(model_args, train_args)
+    data_args.prompt_template = usable_template(tokenizer, data_args.prompt_template)
     samples, stats = load_sft_samples(
         data_args.data_path, tokenizer, train_args.model_max_length, data_args.prompt_template, data_args.max_train_samples
     )
@@ -73,7 +75,7 @@ def main():
     if check_args.eval_data_path and is_deepspeed_zero3_enabled():
         print("ZeRO-3 splits every weight across processes: no before/after accuracy check; run python -m longctx.qa_accuracy")
     elif check_args.eval_data_path:
-        questions = load_questions(check_args.eval_data_path, check_args.eval_samples)
+        questions = load_questions(check_args.eval_data_path, check_args.eval_samples, data_args.prompt_template)
     is_main_process = train_args.process_index == 0
     before = accuracy_check(model, tokenizer, questions, data_args.prompt_template, check_args, is_main_process)
 

@@ -18,7 +18,6 @@ tests/test_demo.py drives the same clients for two rounds against a tiny model.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys

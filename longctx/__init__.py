@@ -4,7 +4,12 @@ The public entry points; everything else lives in the submodules named in DESIGN
 """
 
 from longctx.attention import disable_s2_attn, enable_s2_attn, replace_llama_attn, shifted_sparse_attention
-from longctx.chunk_attention import enable_dual_chunk_attention, replace_with_chunkllama
+from longctx.chunk_attention import (
+    enable_dual_chunk_attention,
+    replace_with_chunkllama,
+    replace_with_chunkmistral,
+    replace_with_chunkmixtral,
+)
 from longctx.lora import load_trainable_params, save_trainable_params, setup_lora
 from longctx.modeling import load_for_inference, load_model_and_tokenizer
 from longctx.rope import extend_context
@@ -19,6 +24,8 @@ __all__ = [
     "load_trainable_params",
     "replace_llama_attn",
     "replace_with_chunkllama",
+    "replace_with_chunkmistral",
+    "replace_with_chunkmixtral",
     "save_trainable_params",
     "setup_lora",
     "shifted_sparse_attention",

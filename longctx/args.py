@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from longctx.modeling import DEFAULT_MODEL, DTYPES
+from longctx.modeling import DEFAULT_MODEL, DTYPES, check_device_map, default_reading_dtype
 from longctx.rope import ROPE_METHODS, default_rope_method
 from longctx.stages import START_MODES
 from longctx.training_record import read_record, rope_for_reading
@@ -38,6 +38,9 @@ class LoadingArguments:
     )
     load_in_4bit: bool = _help("QLoRA: base linear weights in 4-bit NF4, double-quantized (bitsandbytes)", default=False)
     bnb_4bit_compute_dtype: str | None = _help("dtype the 4-bit matmuls compute in (default: --dtype)", default=None)
+    cache_dir: str | None = _help(
+        "Hugging Face cache folder to find hub ids in (LongLoRA's --cache_dir); still local files only", default=None
+    )
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -78,6 +81,10 @@ class ModelArguments(LoadingArguments):
     start_mode: str = _help(
         "merge: merge the earlier stage(s) into the base and train a fresh LoRA; continue: train its adapter on",
         default="merge",
+    )
+    model_type: str | None = _help(
+        "LongLoRA's llama or gpt-neox, checked against the model (attention and LoRA targets follow the model)",
+        default=None,
     )
 
     def __post_init__(self):
@@ -137,7 +144,11 @@ class LongContextTrainingArguments(TrainingArguments):
     lora_r: int = _help("LoRA rank", default=8)
     lora_alpha: int = _help("LoRA alpha (scale = alpha / r)", default=16)
     lora_dropout: float = _help("LoRA dropout", default=0.0)
-    lora_target: str = _help("LoRA target modules, comma-separated, or all-linear", default="q_proj,k_proj,v_proj,o_proj")
+    lora_target: str | None = _help(
+        "LoRA target modules, comma-separated, or all-linear (default: the attention projections, q/k/v/o_proj; "
+        "GPT-NeoX: query_key_value,dense as LongLoRA)",
+        default=None,
+    )
     loss_chunk_size: int = _help("positions per chunk of the output-head + loss computation", default=2048)
 
     output_dir: str | None = _help("where checkpoints and the final adapter go", default="outputs/fine-tune")
@@ -171,6 +182,11 @@ class LongContextTrainingArguments(TrainingArguments):
             setattr(self, f"{name}_kwargs", {"use_reentrant": False})
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on every loader otherwise
+            if self.tf32:  # LongLoRA's commands pass --tf32 True, which transformers refuses without an NVIDIA GPU
+                print("--tf32 True ignored: TF32 matmuls need an NVIDIA GPU", flush=True)
+                self.tf32 = None
+            if self.bf16:  # transformers takes --bf16 True (bfloat16 autocast) on a CPU only with --use_cpu
+                self.use_cpu = True
         super().__post_init__()
 
 
@@ -212,8 +228,19 @@ class InferenceModelArguments(LoadingArguments):
     pretraining_length: int | None = _help(
         "window the model was pretrained for, DCA's unit (default: the model's native window)", default=None
     )
+    dtype: str = _help(
+        f"weights dtype: {', '.join(DTYPES)}, or auto: bfloat16 on a GPU, float32 on a CPU (faster there)", default="auto"
+    )
+    device_map: str | None = _help(
+        "auto: spread the model over the visible GPUs (accelerate), as LongLoRA loads 13B-70B; default: one device",
+        default=None,
+    )
+    dca_chunk_size: int | None = _help("DCA's chunk size in tokens (default: 3/4 of --pretraining_length)", default=None)
+    dca_local_window: int | None = _help("DCA's local window in tokens (default: 1/8 of --pretraining_length)", default=None)
 
     def __post_init__(self):
+        if self.dtype == "auto":
+            self.dtype = default_reading_dtype()
         super().__post_init__()
         # what loading is asked for (None: the adapter's record, else the default) and what it will use,
         # shown in results; a flag contradicting the adapter's record is refused here, before any work
@@ -224,6 +251,10 @@ class InferenceModelArguments(LoadingArguments):
             raise ValueError(f"--context_size must be positive (got {self.context_size})")
         if self.pretraining_length is not None and self.pretraining_length <= 0:
             raise ValueError(f"--pretraining_length must be positive (got {self.pretraining_length})")
+        check_device_map(self.device_map)
+        for flag, value in (("--dca_chunk_size", self.dca_chunk_size), ("--dca_local_window", self.dca_local_window)):
+            if value is not None and not self.dca:
+                raise ValueError(f"{flag} sets Dual Chunk Attention's sizes: it goes with --dca True")
 
     def load_options(self, longest_length: int) -> dict:
         """Keyword arguments of longctx.modeling.load_for_inference; RoPE reaches `longest_length` by default."""
@@ -248,6 +279,21 @@ class InferenceModelArguments(LoadingArguments):
             **self.quantization_options(),
         }
 
+    def loading_options(self, longest_length: int | None, device: str | None = None) -> dict:
+        """Every keyword of load_for_inference: `load_options`, plus --cache_dir, DCA's sizes and the placement
+        (--device_map, else one device: `device`, default the GPU when there is one)."""
+        options = {
+            **self.load_options(longest_length),
+            "cache_dir": self.cache_dir,
+            "dca_chunk_size": self.dca_chunk_size,
+            "dca_local_window": self.dca_local_window,
+        }
+        if self.device_map:
+            options["device_map"] = self.device_map
+        else:
+            options["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return options
+
 
 @dataclass
 class PerplexityArguments(InferenceModelArguments):
@@ -271,10 +317,13 @@ class PerplexityArguments(InferenceModelArguments):
     output_json: str | None = _help("write the results (config, per-length figures, timings) to this JSON file", default=None)
     plot: str | None = _help("PNG of perplexity against length (default: beside --output_json)", default=None)
     overwrite: bool = _help("replace --output_json and --plot when they already exist", default=False)
+    progress_bar_fresh_rate: int = _help("refresh the progress bar every N windows (LongLoRA's eval_distributed.py flag)", default=1)
 
     def __post_init__(self):
         super().__post_init__()
         self.seq_lens = _positive_ints("--seq_len", self.seq_len)
+        if self.progress_bar_fresh_rate <= 0:
+            raise ValueError(f"--progress_bar_fresh_rate must be positive (got {self.progress_bar_fresh_rate})")
         if self.context_size is not None and self.seq_lens[-1] > self.context_size:
             raise ValueError(f"--seq_len {self.seq_lens[-1]} exceeds --context_size {self.context_size}")
         if self.scoring not in PERPLEXITY_SCORINGS:
@@ -376,9 +425,13 @@ class ReadingArguments(InferenceModelArguments):
     temperature: float = _help("sampling temperature; 0 decodes greedily", default=0.6)
     top_p: float = _help("nucleus sampling: keep the smallest token set with this probability", default=0.9)
     prompt_template: str = _help(
-        "chat: the tokenizer's chat template; llama2: LongLoRA's [INST] format", default="chat"
+        "chat: the tokenizer's chat template; llama2: LongLoRA's [INST] format; vicuna: LongQLoRA's", default="chat"
     )
-    material_type: str = _help("material, book or paper: the instruction before the material (LongLoRA's demo)", default="material")
+    material_type: str | None = _help(
+        "material, book or paper: the instruction before the material (LongLoRA's demo); none: the material as is, "
+        "then the question (LongLoRA's inference.py; the default with --prompt_template llama2, else material)",
+        default=None,
+    )
     material_title: str | None = _help("title named in the instruction of a book (LongLoRA's demo)", default=None)
     truncate: str = _help(
         "material over the window: none refuses it with its token count; middle cuts its middle", default="none"
@@ -399,7 +452,7 @@ class ReadingArguments(InferenceModelArguments):
         check_template(self.prompt_template)
         if self.truncate not in TRUNCATIONS:
             raise ValueError(f"--truncate {self.truncate} is not one of {', '.join(TRUNCATIONS)}")
-        if self.material_type not in MATERIAL_TYPES:
+        if self.material_type is not None and self.material_type not in MATERIAL_TYPES:
             raise ValueError(f"--material_type {self.material_type} is not one of {', '.join(MATERIAL_TYPES)}")
         if self.max_gen_len <= 0:
             raise ValueError(f"--max_gen_len must be positive (got {self.max_gen_len})")
@@ -418,7 +471,8 @@ class ReadingArguments(InferenceModelArguments):
 
     def material_options(self) -> dict:
         """Keyword arguments of longctx.material.fit_material and material_turn for the material's layout."""
-        return {"material_type": self.material_type, "title": self.material_title}
+        layout = self.material_type or ("none" if self.prompt_template == "llama2" else "material")
+        return {"material_type": layout, "title": self.material_title}
 
     def streaming(self) -> tuple[int, int] | None:
         return (self.start_size, self.recent_size) if self.enable_streaming else None
@@ -503,10 +557,13 @@ class SFTDataArguments:
     """supervised-fine-tune.py's data: LongAlpaca JSON or chat JSONL, its prompt format and batching (LongAlign)."""
 
     data_path: str | None = _help(
-        "LongAlpaca .json ({instruction, output[, input]} records) or chat .jsonl ({messages: [...]} per line)",
+        "LongAlpaca .json ({instruction, output[, input]} records), LongQLoRA .jsonl ({input, output}) or chat .jsonl "
+        "({messages: [...]} per line)",
         default=None,
     )
-    prompt_template: str = _help("chat (the tokenizer's chat template) or llama2 (LongLoRA's [INST] format)", default="chat")
+    prompt_template: str = _help(
+        "chat (the tokenizer's chat template), llama2 (LongLoRA's [INST] format) or vicuna (LongQLoRA's)", default="chat"
+    )
     batch_method: str = _help(
         "naive (random order, padded), pack (greedy packing up to --model_max_length) or sort (length-sorted batches)",
         default="naive",
@@ -573,7 +630,7 @@ class QADataArguments:
 class QAAccuracyArguments(InferenceModelArguments):
     """python -m longctx.qa_accuracy: a base model (plus a supervised-fine-tune.py adapter) on held-out questions."""
 
-    prompt_template: str = _help("chat or llama2: the format the adapter was tuned in", default="chat")
+    prompt_template: str = _help("chat, llama2 or vicuna: the format the adapter was tuned in", default="chat")
     output_json: str | None = _help("write the accuracy and every answer to this JSON file", default=None)
     overwrite: bool = _help("replace --output_json when it already exists", default=False)
 
@@ -614,6 +671,7 @@ class RulerArguments(InferenceModelArguments):
         "write scores, averages, effective lengths and every reply to this JSON file", default=None
     )
     plot: str | None = _help("PNG heatmap of scores, tasks x lengths (default: beside --output_json)", default=None)
+    overwrite: bool = _help("replace --output_json and --plot when they already exist", default=False)
 
     def __post_init__(self):
         from longctx.ruler_tasks import select_tasks

@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache, GenerationConfig
 
 from longctx.material import encode
-from longctx.prompts import render_conversation
+from longctx.prompts import encode_prompt, render_conversation
 from longctx.streaming import StreamingCache
 
 
@@ -87,15 +87,26 @@ class ChatSession:
             raise ValueError("the question is empty")
         self.messages.append({"role": "user", "content": user_text})
         new_text = self._new_text()
-        new_ids = encode(self.tokenizer, new_text)
-        if not self.streaming and len(self.history) + len(new_ids) + self.max_gen_len > self.window:
+        # the first turn starts the prompt (BOS as the format wants); later turns continue it
+        new_ids = encode(self.tokenizer, new_text) if self.history else encode_prompt(self.tokenizer, new_text, self.template)
+        try:
+            answer_ids = self.continue_with(new_ids, streamer)
+        except ValueError:
             self.messages.pop()
+            raise
+        self.fed_text += new_text + self.tokenizer.decode(answer_ids)
+        answer = self.tokenizer.decode(answer_ids, skip_special_tokens=True)
+        self.messages.append({"role": "assistant", "content": answer})
+        return answer
+
+    def continue_with(self, new_ids: list[int], streamer=None) -> list[int]:
+        """Feed `new_ids` after everything so far and generate; returns the answer's ids (for prompts of any format)."""
+        if not self.streaming and len(self.history) + len(new_ids) + self.max_gen_len > self.window:
             raise ValueError(
                 f"the conversation would reach {len(self.history) + len(new_ids):,} tokens plus --max_gen_len "
                 f"{self.max_gen_len}, over the {self.window:,}-token window: start again with --enable_streaming"
             )
         self.history += new_ids
-        self.fed_text += new_text
         if self.streaming:
             self._prefill(len(self.history) - 1)
         input_ids = torch.tensor([self.history], device=self.device)
@@ -108,10 +119,7 @@ class ChatSession:
         )
         answer_ids = output[0, input_ids.shape[1] :].tolist()
         self.history += answer_ids
-        self.fed_text += self.tokenizer.decode(answer_ids)
-        answer = self.tokenizer.decode(answer_ids, skip_special_tokens=True)
-        self.messages.append({"role": "assistant", "content": answer})
-        return answer
+        return answer_ids
 
     def cached_tokens(self) -> int:
         """Tokens held in the KV cache now."""

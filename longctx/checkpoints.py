@@ -45,9 +45,10 @@ from longctx.lora import (
     save_safetensors_atomic,
     trainable_params_path,
 )
-from longctx.modeling import resolve_model_path
+from longctx.modeling import load_tokenizer, resolve_model_path
 from longctx.outputs import check_output_file
 from longctx.pickles import check_checkpoint_pickles, safe_unpickling
+from longctx.special_tokens import add_tokens_for_trainable_params
 from longctx.training_record import RECORD_FILE
 
 ADAPTER_WEIGHTS_FILE = ADAPTER_WEIGHTS_FILES[0]
@@ -256,6 +257,7 @@ def check_against_base(split: SplitCheckpoint, base_model: str | None = None) ->
     config = AutoConfig.from_pretrained(model_path, local_files_only=True)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
+        add_tokens_for_trainable_params(skeleton, load_tokenizer(model_path), split.trainable)  # LongLoRA's [PAD] row
     check_trainable_params(skeleton, split.trainable, split.source)
     try:
         lora_config = PeftConfig.from_peft_type(**split.adapter_config)

@@ -17,9 +17,12 @@ chunk_size)``; inter queries at ``chunk_size``. The paper writes the successive 
 ``[s, ..., s + w - 1, c - 1, ...]`` and the inter position as ``c - 1`` (c the pretraining length),
 i.e. the largest distances reach the window's edge; the code keeps them at ``chunk_size`` (3/4 of
 it), a margin away from positions the model saw rarely. We follow the code because its
-published figures (PG19, passkey, needle) come from it. Defaults follow the issue: chunk_size = 3/4
-and local_window = 1/8 of the pretraining length; ChunkLlama's `replace_with_chunkllama` defaults
-the local window to 1/16, which our `replace_with_chunkllama` keeps for drop-in parity.
+published figures (PG19, passkey, needle) come from it. Defaults are chunkllama_attn_replace.py's:
+chunk_size = 3/4 and local_window = 1/8 of the pretraining length (its flash-decoding and Qwen
+variants use 1/16); `replace_with_chunkllama`, `replace_with_chunkmistral` and
+`replace_with_chunkmixtral` keep its entry points and defaults. Llama, Mistral, Mixtral and Qwen2
+models are supported (the attention and RoPE of the four are the same; Mixtral's experts do not
+see positions).
 
 How it sits in transformers 5 (no private patching): a forward pre-hook on the decoder's
 `rotary_emb` turns position ids into block offsets, so keys are rotated at ``i`` before they enter
@@ -44,7 +47,7 @@ from longctx.attention import _base_model
 from longctx.rope import pretraining_window, rotate_by
 
 DUAL_CHUNK = "dual_chunk"
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2")
 INV_FREQ_BUFFER = "dual_chunk_inv_freq"
 
 
@@ -55,9 +58,11 @@ def default_sizes(pretraining_length: int, chunk_size: int | None = None, local_
     chunk_size = pretraining_length * 3 // 4 if chunk_size is None else chunk_size
     local_window = pretraining_length // 8 if local_window is None else local_window
     if not 0 < chunk_size < pretraining_length:
-        raise ValueError(f"DCA chunk_size must be in (0, pretraining_length {pretraining_length}) (got {chunk_size})")
+        raise ValueError(
+            f"DCA chunk size (--dca_chunk_size) must be in (0, pretraining length {pretraining_length}) (got {chunk_size})"
+        )
     if not 0 <= local_window < chunk_size:
-        raise ValueError(f"DCA local_window must be in [0, chunk_size {chunk_size}) (got {local_window})")
+        raise ValueError(f"DCA local window (--dca_local_window) must be in [0, chunk size {chunk_size}) (got {local_window})")
     return chunk_size, local_window
 
 
@@ -191,13 +196,13 @@ def check_supported(model) -> None:
     model_type = getattr(_base_model(model).config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
-            f"Dual Chunk Attention supports {', '.join(SUPPORTED_MODEL_TYPES)} models (Llama, Mistral, Qwen2), "
+            f"Dual Chunk Attention supports {', '.join(SUPPORTED_MODEL_TYPES)} models (Llama, Mistral, Mixtral, Qwen2), "
             f"not {model_type!r}"
         )
 
 
 def enable_dual_chunk_attention(model, pretraining_length: int | None = None, chunk_size: int | None = None, local_window: int | None = None):
-    """Switch a loaded Llama/Mistral/Qwen2 model to Dual Chunk Attention; returns the model.
+    """Switch a loaded Llama/Mistral/Mixtral/Qwen2 model to Dual Chunk Attention; returns the model.
 
     `pretraining_length` defaults to the config's pretraining window (longctx.rope.pretraining_window).
     chunk_size defaults to 3/4 of it, local_window to 1/8. Any RoPE scaling in the config stays
@@ -218,8 +223,9 @@ def enable_dual_chunk_attention(model, pretraining_length: int | None = None, ch
         base.config.sliding_window = None
     rotary = base.get_decoder().rotary_emb
     inv_freq = getattr(rotary, "original_inv_freq", rotary.inv_freq)  # dynamic NTK never scales below the window
-    for layer in base.get_decoder().layers:
-        layer.self_attn.register_buffer(INV_FREQ_BUFFER, inv_freq.detach().clone(), persistent=False)
+    for layer in base.get_decoder().layers:  # on each layer's own device (a model spread by device_map)
+        device = next(layer.self_attn.parameters()).device
+        layer.self_attn.register_buffer(INV_FREQ_BUFFER, inv_freq.detach().to(device, copy=True), persistent=False)
     handle = rotary.register_forward_pre_hook(_block_positions_hook(chunk_size - local_window), with_kwargs=True)
     rotary._dual_chunk_hook = handle
     register_dual_chunk_attention()
@@ -252,29 +258,44 @@ def disable_dual_chunk_attention(model):
     return model
 
 
-def replace_with_chunkllama(pretraining_length: int = 4096, local_window_size: int | None = None) -> None:
-    """ChunkLlama's one-line entry point: every Llama/Mistral/Qwen2 model run afterwards uses DCA.
-
-    ChunkLlama patched transformers' classes before loading. Here a global module pre-hook (a public
-    torch API) enables DCA on each supported causal LM the first time it runs, with ChunkLlama's
-    defaults (chunk_size 3/4, local window 1/16 of `pretraining_length`). Prefer
-    `enable_dual_chunk_attention(model, ...)`, which changes one model only.
-    """
-    chunk_size, local_window = default_sizes(
-        pretraining_length, None, local_window_size if local_window_size is not None else pretraining_length // 16
-    )
+def _enable_on_first_run(model_types: tuple[str, ...], pretraining_length: int, local_window_size: int | None) -> None:
+    """A global module pre-hook (a public torch API) that enables DCA on each causal LM of `model_types`
+    the first time it runs, with chunkllama_attn_replace.py's sizes: chunk 3/4, local window 1/8 unless given.
+    A `local_window_size` of 0 or None means the default, as there."""
+    chunk_size, local_window = default_sizes(pretraining_length, None, local_window_size or pretraining_length // 8)
 
     def hook(module, args):
         config = getattr(module, "config", None)
         if (
             hasattr(module, "get_decoder")
             and hasattr(module, "lm_head")
-            and getattr(config, "model_type", None) in SUPPORTED_MODEL_TYPES
+            and getattr(config, "model_type", None) in model_types
             and getattr(config, "dual_chunk_attention", None) is None
         ):
             enable_dual_chunk_attention(module, pretraining_length, chunk_size, local_window)
 
     torch.nn.modules.module.register_module_forward_pre_hook(hook)
+
+
+def replace_with_chunkllama(pretraining_length: int = 4096, local_window_size: int | None = None) -> None:
+    """ChunkLlama's one-line entry point: every supported model (Llama, Mistral, Mixtral, Qwen2) run afterwards uses DCA.
+
+    ChunkLlama patched transformers' classes before loading; here a global forward pre-hook enables
+    DCA on each model the first time it runs, with chunkllama_attn_replace.py's defaults (chunk size
+    3/4, local window 1/8 of `pretraining_length`). Prefer `enable_dual_chunk_attention(model, ...)`,
+    which changes one model only.
+    """
+    _enable_on_first_run(SUPPORTED_MODEL_TYPES, pretraining_length, local_window_size)
+
+
+def replace_with_chunkmistral(pretraining_length: int = 32768, local_window_size: int | None = None) -> None:
+    """ChunkLlama's entry point for Mistral (its default of 32384 tokens was a typo for Mistral-v0.2's 32768)."""
+    _enable_on_first_run(("mistral",), pretraining_length, local_window_size)
+
+
+def replace_with_chunkmixtral(pretraining_length: int = 32768, local_window_size: int | None = None) -> None:
+    """ChunkLlama's entry point for Mixtral (its default of 32384 tokens was a typo for 32768)."""
+    _enable_on_first_run(("mixtral",), pretraining_length, local_window_size)
 
 
 __all__ = [
@@ -283,4 +304,6 @@ __all__ = [
     "enable_dual_chunk_attention",
     "register_dual_chunk_attention",
     "replace_with_chunkllama",
+    "replace_with_chunkmistral",
+    "replace_with_chunkmixtral",
 ]

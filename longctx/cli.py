@@ -13,10 +13,19 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryEr
 
 
 def parse_dataclasses(dataclass_types: Sequence[type], description: str | None, argv: Sequence[str] | None = None):
-    """Parse the command line into the given argument dataclasses; `--help` shows `description` verbatim."""
+    """Parse the command line into the given argument dataclasses; `--help` shows `description` verbatim.
+
+    Upstream spellings (LongLoRA's `--evaluation_strategy`, ...) are translated first (longctx.upstream).
+    """
+    from longctx.upstream import known_flags, translate_flags
+
     parser = HfArgumentParser(
         dataclass_types, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    argv = translate_flags(sys.argv[1:] if argv is None else argv, known_flags(dataclass_types))
+    _, unknown = parser.parse_known_args(argv)  # before any dataclass checks its values: the unknown flag is the news
+    if unknown:
+        raise ValueError(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
     return parser.parse_args_into_dataclasses(args=argv)
 
 

@@ -172,8 +172,11 @@ def evaluate_perplexity(
     world_size: int = 1,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool = True,
+    refresh_every: int = 1,
 ) -> dict:
     """Perplexity of `model` on a token stream at one length; windows `rank::world_size` are scored here.
+
+    The progress bar redraws every `refresh_every` windows at most (LongLoRA's --progress_bar_fresh_rate).
 
     Every process returns the same dict: {"seq_len", "scoring", "stride", "windows", "tokens"
     (scored), "loss", "perplexity", "seconds", "tokens_per_second" (tokens read by the model)}.
@@ -182,7 +185,7 @@ def evaluate_perplexity(
     mine = list(enumerate(windows))[rank::world_size]
     model.eval()
     began = time.perf_counter()
-    with tqdm(total=len(mine), desc=f"perplexity @ {seq_len}", unit="window", disable=not progress) as bar:
+    with tqdm(total=len(mine), desc=f"perplexity @ {seq_len}", unit="window", disable=not progress, miniters=refresh_every) as bar:
         local = _window_losses(model, tokens, mine, seq_len, batch_size, chunk_size, bar)
     results = sorted(_gather(local, world_size))
     if [index for index, _, _ in results] != list(range(len(windows))):

@@ -60,6 +60,13 @@ def parse_names(names: str | list[str] | None) -> list[str]:
     return [name.strip() for name in names if name.strip()]
 
 
+def attention_lora_targets(config) -> list[str]:
+    """LoRA's default targets, the attention projections: q/k/v/o_proj, or GPT-NeoX's (LongLoRA's choice there)."""
+    if getattr(config, "model_type", None) == "gpt_neox":
+        return ["query_key_value", "dense"]  # LongLoRA adds `dense` so GPT-NeoX's output projection trains as Llama's
+    return list(ATTENTION_PROJECTIONS)
+
+
 def lora_target_modules(target: str | list[str]) -> str | list[str]:
     """`all-linear` passes through to PEFT (every linear layer but the output head); else a name list."""
     if target == "all-linear":

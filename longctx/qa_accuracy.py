@@ -24,11 +24,12 @@ from longctx.retrieval import answer_correct, generate_text
 from longctx.sft_data import Conversation, prompt_token_ids, read_records, to_conversation
 
 
-def load_questions(path: str | Path, max_questions: int | None = None) -> list[tuple[Conversation, str]]:
-    """(conversation, answer key) pairs; a record without an `answer` key or a usable conversation is an error."""
+def load_questions(path: str | Path, max_questions: int | None = None, template: str = "chat") -> list[tuple[Conversation, str]]:
+    """(conversation, answer key) pairs, as `template` renders records; a record without an `answer` key
+    or a usable conversation is an error."""
     questions = []
     for number, record in read_records(path, flag="--eval_data_path")[:max_questions]:
-        conversation = to_conversation(record)
+        conversation = to_conversation(record, template)
         if isinstance(conversation, str) or not str(record.get("answer", "")).strip():
             reason = conversation if isinstance(conversation, str) else "no 'answer' key"
             raise ValueError(f"{path}: record {number} cannot be asked ({reason})")
@@ -72,13 +73,18 @@ def main():
     model_args, check_args = parse_dataclasses((QAAccuracyArguments, QACheckArguments), __doc__)
     if not check_args.eval_data_path:
         raise ValueError("--eval_data_path is required: held-out questions from python -m longctx.build_qa_data")
+    from longctx.modeling import load_tokenizer, resolve_model_path
+    from longctx.prompts import usable_template
+
     inputs = {"--eval_data_path": check_args.eval_data_path}
     check_output_file("--output_json", model_args.output_json, inputs, model_args.overwrite)
-    questions = load_questions(check_args.eval_data_path, check_args.eval_samples)
-    longest = max(len(conversation.messages[0]["content"]) for conversation, _ in questions) // 3  # ~tokens, generous
-    model, tokenizer = load_for_inference(**model_args.load_options(longest_length=longest))
+    tokenizer = load_tokenizer(resolve_model_path(model_args.base_model, model_args.cache_dir), model_args.cache_dir)
+    template = usable_template(tokenizer, model_args.prompt_template)
+    questions = load_questions(check_args.eval_data_path, check_args.eval_samples, template)
+    longest = max(len(message["content"]) for conversation, _ in questions for message in conversation.messages) // 3
+    model, tokenizer = load_for_inference(**model_args.loading_options(longest))  # longest: ~tokens, generous
     began = time.perf_counter()
-    result = qa_accuracy(model, tokenizer, questions, model_args.prompt_template, check_args.eval_max_new_tokens)
+    result = qa_accuracy(model, tokenizer, questions, template, check_args.eval_max_new_tokens)
     result.update(
         base_model=model_args.base_model,
         peft_model=model_args.peft_model,

@@ -3,7 +3,11 @@
 Formats (DESIGN.md, "Data formats"):
 
 - LongAlpaca JSON: a list of ``{"instruction", "output"[, "input"]}``; the user turn is the
-  instruction, followed by the input when there is one (LongLoRA's order), the answer is ``output``;
+  instruction, followed by the input when there is one (LongLoRA's order), the answer is ``output``.
+  Under ``--prompt_template llama2`` the records follow LongLoRA's supervised-fine-tune.py exactly: no
+  system prompt without an input, LongLoRA's system prompt and ``{instruction} \n{input}`` with one;
+- LongQLoRA JSONL: one ``{"input", "output"}`` per line, both stripped as LongQLoRA does (its Vicuna
+  data; ``--prompt_template vicuna`` renders its prompt);
 - chat JSONL: one ``{"messages": [{"role", "content"}, ...]}`` per line (a ``.jsonl`` of LongAlpaca
   records also works, and a ``.json`` list may hold ``messages`` records).
 
@@ -25,7 +29,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from longctx.loss import IGNORE_INDEX
-from longctx.prompts import check_template, render_conversation
+from longctx.prompts import LLAMA2_SYSTEM_PROMPT, check_template, render_conversation, starts_with_bos
 
 ROLES = ("system", "user", "assistant")
 
@@ -123,8 +127,8 @@ def _text_field(record: dict, name: str) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
-def to_conversation(record) -> Conversation | str:
-    """A Conversation, or the reason the record cannot be used."""
+def to_conversation(record, template: str = "chat") -> Conversation | str:
+    """A Conversation, or the reason the record cannot be used; `template` decides LongAlpaca's llama2 rule."""
     if not isinstance(record, dict):
         return "not an object"
     if "messages" in record:
@@ -143,14 +147,29 @@ def to_conversation(record) -> Conversation | str:
         longest = max(users, key=lambda index: len(messages[index]["content"]))
         return Conversation(messages, _material_of(messages[longest]["content"]), longest)
     instruction, output = _text_field(record, "instruction"), _text_field(record, "output")
+    material_input = _text_field(record, "input")
+    if instruction is None and "instruction" not in record and material_input is not None:
+        return _longqlora_conversation(material_input, output)
     if instruction is None:
         return "missing 'instruction'"
     if output is None:
         return "missing 'output'"
-    material_input = _text_field(record, "input")
-    user = instruction if material_input is None else f"{instruction}\n{material_input}"
-    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
-    return Conversation(messages, material_input or _material_of(instruction), 0)
+    answer = {"role": "assistant", "content": output}
+    if material_input is None:
+        return Conversation([{"role": "user", "content": instruction}, answer], _material_of(instruction), 0)
+    if template == "llama2":  # LongLoRA's prompt_input_llama2: its system prompt, then "{instruction} \n{input}"
+        system = {"role": "system", "content": LLAMA2_SYSTEM_PROMPT}
+        return Conversation([system, {"role": "user", "content": f"{instruction} \n{material_input}"}, answer], material_input, 1)
+    return Conversation([{"role": "user", "content": f"{instruction}\n{material_input}"}, answer], material_input, 0)
+
+
+def _longqlora_conversation(user: str, output: str | None) -> Conversation | str:
+    """LongQLoRA's {input, output} record: both stripped, as its VicunaSFTDataset does."""
+    if output is None:
+        return "missing 'output'"
+    user = user.strip()
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output.strip()}]
+    return Conversation(messages, _material_of(user), 0)
 
 
 def _material_of(text: str) -> str | None:
@@ -191,15 +210,10 @@ def _pieces(tokenizer, conversation: Conversation, template: str) -> list[tuple[
     return [(kind, text) for kind, text in pieces if text]
 
 
-def _adds_bos(tokenizer) -> bool:
-    bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
-
-
 def tokenize_conversation(tokenizer, conversation: Conversation, template: str, model_max_length: int) -> SFTSample | None:
     """Token ids and answer-only labels; cut in the material to fit, or None when even that cannot fit."""
     pieces = [(kind, tokenizer(text, add_special_tokens=False)["input_ids"]) for kind, text in _pieces(tokenizer, conversation, template)]
-    if _adds_bos(tokenizer) and not (pieces and pieces[0][1][:1] == [tokenizer.bos_token_id]):
+    if starts_with_bos(tokenizer, template) and not (pieces and pieces[0][1][:1] == [tokenizer.bos_token_id]):
         pieces.insert(0, ("prompt", [tokenizer.bos_token_id]))
     excess = sum(len(ids) for _, ids in pieces) - model_max_length
     cut = 0
@@ -236,7 +250,7 @@ def load_sft_samples(
     stats = SFTStats(records=len(records))
     samples = []
     for number, record in tqdm(records, desc="tokenizing", unit="sample", disable=len(records) < 64):
-        conversation = to_conversation(record)
+        conversation = to_conversation(record, template)
         if isinstance(conversation, str):
             stats.skip(conversation, number)
             continue

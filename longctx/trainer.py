@@ -223,8 +223,14 @@ def restore_trainable_params(model, checkpoint: str, deepspeed: bool = False) ->
 
 
 def load_training_model(model_args, train_args):
-    """Model and tokenizer with RoPE scaled to --model_max_length (and QLoRA's 4-bit base when asked)."""
+    """Model and tokenizer with RoPE scaled to --model_max_length (and QLoRA's 4-bit base when asked).
+
+    A tokenizer without a pad token gets LongLoRA's `[PAD]` (longctx.special_tokens), so the trained
+    embeddings have LongLoRA's rows and its scripts and ours read each other's weights.
+    """
     from longctx.modeling import load_model_and_tokenizer
+    from longctx.special_tokens import add_pad_token
+    from longctx.upstream import check_model_type
 
     if model_args.load_in_4bit and not train_args.low_rank_training:
         raise ValueError("--load_in_4bit trains LoRA+ on a frozen 4-bit base; it needs --low_rank_training True")
@@ -239,8 +245,11 @@ def load_training_model(model_args, train_args):
         rope_method=model_args.rope_method,
         rope_options=model_args.rope_options(),
         training_record=read_record(model_args.start_from),
+        cache_dir=model_args.cache_dir,
         **model_args.quantization_options(),
     )
+    check_model_type(model_args.model_type, model.config)
+    add_pad_token(model, tokenizer)  # before earlier stages merge: theirs have the same rows
     if model_args.start_from:
         model = apply_earlier_stages(model, model_args.start_from, model_args.start_mode)
     return model, tokenizer
@@ -263,6 +272,7 @@ def training_record(model, model_args, train_args) -> TrainingRecord:
         base_adapters=[str(folder.resolve()) for folder in below],
         group_size_ratio=train_args.group_size_ratio,
         group_size=train_args.group_size,
+        trainable_params=train_args.trainable_params if train_args.low_rank_training else None,
     )
 
 
@@ -274,7 +284,7 @@ def prepare_for_training(model, train_args, sft_group_size: int | None = None, c
     once it is built, after them.
     """
     from longctx.attention import enable_s2_attn
-    from longctx.lora import count_parameters, setup_lora
+    from longctx.lora import attention_lora_targets, count_parameters, setup_lora
 
     set_seed(train_args.seed)
 
@@ -288,7 +298,7 @@ def prepare_for_training(model, train_args, sft_group_size: int | None = None, c
             r=train_args.lora_r,
             alpha=train_args.lora_alpha,
             dropout=train_args.lora_dropout,
-            target=train_args.lora_target,
+            target=train_args.lora_target or attention_lora_targets(model.config),
             trainable_params=train_args.trainable_params,
             continue_from=continue_from,
         )

@@ -17,3 +17,11 @@ def tiny_model_dir(tmp_path_factory):
     from tests.tiny_models import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def llama2_like_model_dir(tmp_path_factory):
+    """A tiny random Llama whose tokenizer is shaped like Llama-2's as LongLoRA meets it: BOS added, no pad token."""
+    from tests.tiny_models import save_tiny_model, tiny_tokenizer
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama2"), tokenizer=tiny_tokenizer(pad=False, add_bos=True))

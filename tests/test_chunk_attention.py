@@ -14,6 +14,8 @@ from transformers import (
     DynamicCache,
     MistralConfig,
     MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
@@ -26,11 +28,13 @@ from longctx.chunk_attention import (
     dual_chunk_attention,
     enable_dual_chunk_attention,
     replace_with_chunkllama,
+    replace_with_chunkmixtral,
 )
 from longctx.rope import extend_context
 from tests.scripts import run_script, run_script_expecting_error
 from tests.tiny_models import tiny_llama, tiny_llama_config
 
+ARCHITECTURES = ["llama", "mistral", "mixtral", "qwen2"]
 PRETRAINING = 64  # tiny models' window: chunk_size 48, local window 8, blocks of 40 tokens
 CHUNK, LOCAL = 48, 8
 BLOCK = CHUNK - LOCAL
@@ -80,7 +84,7 @@ def reference_attention_forward(module, query, key, value, attention_mask, scali
 
 
 def tiny(architecture: str, seed: int = 0):
-    """A tiny float64 Llama, Mistral or Qwen2 with a 64-token window, built from a config in memory."""
+    """A tiny float64 Llama, Mistral, Mixtral or Qwen2 with a 64-token window, built from a config in memory."""
     common = tiny_llama_config().to_dict()
     torch.manual_seed(seed)
     if architecture == "llama":
@@ -88,6 +92,14 @@ def tiny(architecture: str, seed: int = 0):
     elif architecture == "mistral":
         keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
         model = MistralForCausalLM(MistralConfig(**{k: common[k] for k in keys}, max_position_embeddings=PRETRAINING, sliding_window=None))
+    elif architecture == "mixtral":
+        keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+        config = MixtralConfig(
+            **{k: common[k] for k in keys}, max_position_embeddings=PRETRAINING, sliding_window=None,
+            num_local_experts=4, num_experts_per_tok=2,
+        )
+        model = MixtralForCausalLM(config)
+        model.set_experts_implementation("eager")  # the grouped-matmul experts have no float64 kernel
     else:
         keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
         model = Qwen2ForCausalLM(Qwen2Config(**{k: common[k] for k in keys}, max_position_embeddings=PRETRAINING))
@@ -118,7 +130,7 @@ def test_function_matches_reference_prefill_and_decoding():
         torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("architecture", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 @torch.no_grad()
 def test_within_one_block_equals_standard_attention(architecture):
     model = tiny(architecture)
@@ -131,7 +143,7 @@ def test_within_one_block_equals_standard_attention(architecture):
     torch.testing.assert_close(model(tokens(3 * BLOCK)).logits, tiny(architecture)(tokens(3 * BLOCK)).logits)
 
 
-@pytest.mark.parametrize("architecture", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 @torch.no_grad()
 def test_long_sequence_matches_float64_reference(architecture):
     model = enable_dual_chunk_attention(tiny(architecture), PRETRAINING)
@@ -148,11 +160,11 @@ def test_long_sequence_matches_float64_reference(architecture):
     assert (plain - ours).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("architecture", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 @torch.no_grad()
 def test_generation_with_cache_equals_recomputation(architecture):
     model = tiny(architecture)
-    if architecture == "mistral":  # a sliding window would trim the cache: DCA takes its place
+    if architecture in ("mistral", "mixtral"):  # a sliding window would trim the cache: DCA takes its place
         model.config.sliding_window = 32
     model = enable_dual_chunk_attention(model, PRETRAINING)
     assert getattr(model.config, "sliding_window", None) is None
@@ -197,7 +209,7 @@ def test_bad_sizes_and_architecture():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
-    with pytest.raises(ValueError, match="supports llama, mistral, qwen2"):
+    with pytest.raises(ValueError, match="supports llama, mistral, mixtral, qwen2"):
         enable_dual_chunk_attention(gpt2, 64)
 
 
@@ -205,12 +217,29 @@ def test_bad_sizes_and_architecture():
 def test_replace_with_chunkllama_switches_models_run_afterwards():
     model = tiny("llama")
     input_ids = tokens(3 * BLOCK)
-    expected = enable_dual_chunk_attention(tiny("llama"), PRETRAINING, CHUNK, PRETRAINING // 16)(input_ids).logits
+    expected = enable_dual_chunk_attention(tiny("llama"), PRETRAINING, CHUNK, PRETRAINING // 8)(input_ids).logits
     handle_count = len(torch.nn.modules.module._global_forward_pre_hooks)
     replace_with_chunkllama(PRETRAINING)
     try:
         torch.testing.assert_close(model(input_ids).logits, expected)
-        assert model.config.dual_chunk_attention["local_window"] == PRETRAINING // 16  # ChunkLlama's default
+        assert model.config.dual_chunk_attention["local_window"] == PRETRAINING // 8  # chunkllama_attn_replace.py's
+    finally:
+        hooks = torch.nn.modules.module._global_forward_pre_hooks
+        for key in list(hooks)[handle_count:]:
+            del hooks[key]
+
+
+@torch.no_grad()
+def test_replace_with_chunkmixtral_switches_only_mixtral_models():
+    mixtral, llama = tiny("mixtral"), tiny("llama")
+    input_ids = tokens(3 * BLOCK)
+    expected = enable_dual_chunk_attention(tiny("mixtral"), PRETRAINING, CHUNK, 4)(input_ids).logits
+    handle_count = len(torch.nn.modules.module._global_forward_pre_hooks)
+    replace_with_chunkmixtral(PRETRAINING, local_window_size=4)
+    try:
+        torch.testing.assert_close(mixtral(input_ids).logits, expected)
+        llama(input_ids)
+        assert getattr(llama.config, "dual_chunk_attention", None) is None
     finally:
         hooks = torch.nn.modules.module._global_forward_pre_hooks
         for key in list(hooks)[handle_count:]:
@@ -238,7 +267,26 @@ def test_eval_script_with_dca(tiny_model_dir, tmp_path):
     assert math.isfinite(result["results"][0]["perplexity"])
 
 
+def test_eval_script_takes_dca_sizes(tiny_model_dir, tmp_path):
+    output = tmp_path / "dca.json"
+    run_script(
+        "eval.py", "--base_model", tiny_model_dir, "--dca", "True", "--pretraining_length", "32", "--dca_chunk_size", "24",
+        "--dca_local_window", "4", "--seq_len", "96", "--scoring", "strided", "--sliding_window", "48",
+        "--max_tokens", "200", "--output_json", output,
+    )
+    config = json.loads(output.read_text())["config"]
+    assert (config["dca_chunk_size"], config["dca_local_window"]) == (24, 4)
+    assert math.isfinite(json.loads(output.read_text())["results"][0]["perplexity"])
+
+
 def test_scripts_reject_bad_dca_input(tiny_model_dir, tmp_path, capsys):
+    line = run_script_expecting_error(capsys, "eval.py", "--base_model", tiny_model_dir, "--dca_chunk_size", "24", "--seq_len", "96")
+    assert "--dca_chunk_size sets Dual Chunk Attention's sizes: it goes with --dca True" in line
+    line = run_script_expecting_error(
+        capsys, "needle_in_haystack.py", "--base_model", tiny_model_dir, "--dca", "True", "--pretraining_length", "32",
+        "--dca_chunk_size", "24", "--dca_local_window", "30", "--max_tokens", "96", "--interval", "96",
+    )
+    assert "DCA local window (--dca_local_window) must be in [0, chunk size 24) (got 30)" in line
     line = run_script_expecting_error(
         capsys, "eval.py", "--base_model", tiny_model_dir, "--dca", "True", "--pretraining_length", "128", "--seq_len", "96",
     )
@@ -257,7 +305,7 @@ def test_scripts_reject_bad_dca_input(tiny_model_dir, tmp_path, capsys):
     line = run_script_expecting_error(
         capsys, "passkey_retrivial.py", "--base_model", folder, "--dca", "True", "--max_tokens", "256", "--interval", "256",
     )
-    assert "Dual Chunk Attention supports llama, mistral, qwen2" in line and "'gpt2'" in line
+    assert "Dual Chunk Attention supports llama, mistral, mixtral, qwen2" in line and "'gpt2'" in line
 
 
 @pytest.mark.realmodel

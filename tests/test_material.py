@@ -23,8 +23,8 @@ def test_material_that_fits_is_the_user_turn_of_the_chat_template(tokenizer):
     )
     assert fitted.input_ids == encode(tokenizer, render_question(tokenizer, fitted.user_turn))
     assert fitted.kept_material_tokens == fitted.material_tokens == len(encode(tokenizer, "The key is under the mat."))
-    llama2 = fit_material(tokenizer, "The key is under the mat.", "Where?", 1000, 20, template="llama2")
-    assert tokenizer.decode(llama2.input_ids).startswith("[INST] <<SYS>>")
+    llama2 = fit_material(tokenizer, "The key is under the mat.", "Where?", 1000, 20, template="llama2", material_type="none")
+    assert tokenizer.decode(llama2.input_ids) == "[INST]The key is under the mat.\nWhere?[/INST]"  # LongLoRA's inference.py
 
 
 def test_material_over_the_window_is_refused_with_its_token_count(tokenizer):

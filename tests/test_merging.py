@@ -80,22 +80,61 @@ def test_merged_model_equals_base_plus_adapters(tiny_model_dir, tmp_path, count)
     assert (base_only(input_ids).logits - got).abs().max().item() > 1e-2  # the adapters did change the model
 
 
-def test_lora_only_adapter_needs_the_flag(tiny_model_dir, tmp_path, capsys):
+def test_plain_lora_merges_as_is_and_lora_plus_without_its_file_is_refused(tiny_model_dir, tmp_path, capsys):
+    from transformers import AutoConfig
+
+    from longctx.training_record import record_from_model, write_record
+
     folder = make_adapter(tiny_model_dir, tmp_path / "lora-only", seed=3, trainable_params="", with_trainable_file=False)
-    line = run_script_expecting_error(
-        capsys, MERGE, "--base_model", tiny_model_dir, "--peft_model", folder, "--context_size", CONTEXT,
-        "--save_path", tmp_path / "refused",
-    )
-    assert "no trainable_params.safetensors" in line and "get_trainable_weights.py" in line
-    assert not (tmp_path / "refused").exists()
-    run_script(
-        MERGE, "--base_model", tiny_model_dir, "--peft_model", folder, "--context_size", CONTEXT,
-        "--save_path", tmp_path / "merged", "--require_trainable_params", "False",
-    )
+    run_script(MERGE, "--base_model", tiny_model_dir, "--peft_model", folder, "--context_size", CONTEXT, "--save_path", tmp_path / "merged")
     vocab_size = json.loads((tmp_path / "merged" / "config.json").read_text())["vocab_size"]
     input_ids = torch.randint(3, vocab_size, (1, 80), generator=torch.Generator().manual_seed(1))
     expected = unmerged_logits(tiny_model_dir, [folder], input_ids)
     assert (merged_logits(tmp_path / "merged", input_ids) - expected).abs().max().item() < 1e-5
+
+    lora_plus = make_adapter(tiny_model_dir, tmp_path / "lora-plus", seed=4, with_trainable_file=False)
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    write_record(lora_plus, record_from_model(config, "linear", 64, "s2_attn", trainable_params="embed,norm"))
+    line = run_script_expecting_error(
+        capsys, MERGE, "--base_model", tiny_model_dir, "--peft_model", lora_plus, "--save_path", tmp_path / "refused"
+    )
+    assert "no trainable_params.safetensors but was trained with LoRA+" in line and "get_trainable_weights.py" in line
+    assert not (tmp_path / "refused").exists()
+    longlora_checkpoint = make_adapter(tiny_model_dir, tmp_path / "longlora", seed=5, with_trainable_file=False)
+    (longlora_checkpoint / "pytorch_model.bin").write_bytes(b"")  # LongLoRA's whole checkpoint, not yet split
+    line = run_script_expecting_error(
+        capsys, MERGE, "--base_model", tiny_model_dir, "--peft_model", longlora_checkpoint, "--save_path", tmp_path / "refused"
+    )
+    assert "pytorch_model.bin" in line
+    run_script(
+        MERGE, "--base_model", tiny_model_dir, "--peft_model", lora_plus, "--save_path", tmp_path / "lora-alone",
+        "--require_trainable_params", "False",
+    )
+    assert (tmp_path / "lora-alone" / "model.safetensors").exists()
+
+
+def test_gradient_merge_adapters_flags(tiny_model_dir, tmp_path, capsys):
+    """Gradient's merge_adapters.py command: its flags as aliases, several plain LoRA stages, no RoPE change."""
+    stages = [make_adapter(tiny_model_dir, tmp_path / f"stage{i}", seed=i, trainable_params="", with_trainable_file=False) for i in range(2)]
+    output_dir = tmp_path / "merged"
+    run_script(
+        MERGE, "--base_model_name_or_path", tiny_model_dir, "--peft_model_paths", *stages, "--output_dir", output_dir,
+        "--device", "cpu", "--trust_remote_code",
+    )
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["rope_parameters"]["rope_type"] == "default" and config["max_position_embeddings"] == 64
+    input_ids = torch.randint(3, config["vocab_size"], (1, 60), generator=torch.Generator().manual_seed(2))
+    expected = unmerged_logits(tiny_model_dir, stages, input_ids, context_size=64)
+    assert (merged_logits(output_dir, input_ids) - expected).abs().max().item() < 1e-5
+    line = run_script_expecting_error(
+        capsys, MERGE, "--base_model_name_or_path", tiny_model_dir, "--peft_model_paths", stages[0],
+        "--output_dir", tmp_path / "hub", "--push_to_hub",
+    )
+    assert "--push_to_hub" in line and "uploads nothing" in line
+    line = run_script_expecting_error(
+        capsys, MERGE, "--peft_model_paths", stages[0], "--output_dir", tmp_path / "x", "--no_such_flag", "1"
+    )
+    assert "--no_such_flag" in line
 
 
 def adapter_for_another_base(folder):

@@ -51,10 +51,20 @@ def test_every_assistant_turn_of_a_chat_carries_loss(tokenizer):
 
 def test_llama2_template_answers_end_with_eos(tokenizer):
     record = {"instruction": "Summarise.", "input": "A long text.", "output": "Short."}
-    sample = tokenize_conversation(tokenizer, to_conversation(record), "llama2", 512)
+    sample = tokenize_conversation(tokenizer, to_conversation(record, "llama2"), "llama2", 512)
     assert answer_text(tokenizer, sample) == "Short.</s>"
-    assert "[INST] <<SYS>>" in tokenizer.decode(sample.input_ids)
-    assert "Summarise.\nA long text. [/INST]" in tokenizer.decode(sample.input_ids)
+    assert "[INST] <<SYS>>" in tokenizer.decode(sample.input_ids)  # LongLoRA's system form, for records with input
+    assert "Summarise. \nA long text. [/INST]" in tokenizer.decode(sample.input_ids)
+    without_input = tokenize_conversation(tokenizer, to_conversation({"instruction": "Hi.", "output": "Yo."}, "llama2"), "llama2", 512)
+    assert tokenizer.decode(without_input.input_ids) == "[INST]Hi.[/INST]Yo.</s>"
+
+
+def test_longqlora_input_output_records_are_read(tokenizer, tmp_path):
+    path = tmp_path / "longqlora.jsonl"
+    path.write_text('{"input": " Q? ", "output": " A. "}\n{"input": "Q2", "output": ""}\n', encoding="utf-8")
+    samples, stats = load_sft_samples(path, tokenizer, 512, "vicuna")
+    assert len(samples) == 1 and dict(stats.skipped) == {"missing 'output'": 1}
+    assert answer_text(tokenizer, samples[0]) == "A.</s>"
 
 
 def test_long_samples_are_cut_in_the_middle_of_the_material(tokenizer):

@@ -38,33 +38,41 @@ CHAT_TEMPLATE = (
 )
 
 
-def tiny_tokenizer(vocab_size: int = 320):
-    """A byte-level BPE tokenizer trained in a second on a bundled book, with <s>, </s> and <pad>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def tiny_tokenizer(vocab_size: int = 320, pad: bool = True, add_bos: bool = False):
+    """A byte-level BPE tokenizer trained in a second on a bundled book, with <s>, </s> and <pad>.
+
+    `pad=False` has <unk> in place of <pad> (Llama-2's ids: 0 <unk>, 1 <s>, 2 </s>), no pad token and no chat template;
+    `add_bos=True` puts <s> before every encoded text: with both, Llama-2's tokenizer as LongLoRA meets it.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<pad>", "<s>", "</s>"],
+        special_tokens=["<pad>" if pad else "<unk>", "<s>", "</s>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     text = (BOOKS / "pg19test_10146.txt").read_text(encoding="utf-8")[:60_000]
     tokenizer.train_from_iterator([text], trainer=trainer)
+    if add_bos:
+        bos = ("<s>", tokenizer.token_to_id("<s>"))
+        tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[bos])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>",
         eos_token="</s>",
-        pad_token="<pad>",
-        chat_template=CHAT_TEMPLATE,
+        pad_token="<pad>" if pad else None,
+        unk_token=None if pad else "<unk>",
+        chat_template=CHAT_TEMPLATE if pad else None,  # Llama-2's base tokenizer has no chat template
     )
 
 
-def save_tiny_model(folder: Path, **overrides) -> Path:
-    """A tiny Llama + tokenizer saved as a Hugging Face folder, loadable like any real model."""
-    tokenizer = tiny_tokenizer()
+def save_tiny_model(folder: Path, tokenizer=None, **overrides) -> Path:
+    """A tiny Llama + tokenizer (default: `tiny_tokenizer()`) saved as a Hugging Face folder, loadable like any real model."""
+    tokenizer = tokenizer or tiny_tokenizer()
     model = tiny_llama(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
