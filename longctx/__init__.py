@@ -1,6 +1,6 @@
 """longctx: extend the context window of open LLMs cheaply, and measure it honestly.
 
-The public entry points; everything else lives in the submodules named in DESIGN.md.
+The public entry points; everything else lives in the submodules named in docs/ARCHITECTURE.md.
 """
 
 from longctx.attention import disable_s2_attn, enable_s2_attn, replace_llama_attn, shifted_sparse_attention

@@ -1,6 +1,6 @@
 """Training data: fixed-length pretraining rows (SFT samples and packing: longctx.sft_data, longctx.sft_batching).
 
-Pretraining sources (DESIGN.md, "Data formats"); a path may be a file or a folder, and several
+Pretraining sources (docs/ARCHITECTURE.md, "Data formats"); a path may be a file or a folder, and several
 paths may be given as a list or one comma-separated string:
 
 - ``.txt`` files, or folders of them (sorted, recursive): each file is one document;

@@ -1,6 +1,6 @@
 """Supervised fine-tuning samples: LongAlpaca JSON or chat JSONL -> token ids with answer-only labels.
 
-Formats (DESIGN.md, "Data formats"):
+Formats (docs/ARCHITECTURE.md, "Data formats"):
 
 - LongAlpaca JSON: a list of ``{"instruction", "output"[, "input"]}``; the user turn is the
   instruction, followed by the input when there is one (LongLoRA's order), the answer is ``output``.
