@@ -29,16 +29,14 @@ import json
 import math
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
+from longctx.length_curves import book_tokens, per_book_table, perplexity_table, prefix_losses, sliding_window_losses
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 DEFAULT_BOOKS = "data/pg19_eval/pg19test_29973.txt,data/pg19_eval/pg19test_30752.txt,data/pg19_eval/pg19test_41603.txt"
-from longctx.length_curves import book_tokens, per_book_table, perplexity_table, prefix_losses, sliding_window_losses  # noqa: E402
-
 DEFAULT_METHODS = "none,linear:4,dynamic:4,yarn:4,theta:4,dca,sliding"
 
 

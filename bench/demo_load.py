@@ -20,35 +20,15 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
+from longctx.demo_client import ask_and_watch
+
 ROOT = Path(__file__).resolve().parent.parent
 QUESTION = "What is the pass key of the vault? Answer with the number."
 RETRY_MARKERS = ("window", "Upload a document first")  # a full conversation, or a session the server forgot
-
-
-def message_text(message: dict) -> str:
-    """The text of a gradio chatbot message (a string, or a list of parts)."""
-    content = message["content"]
-    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
-
-
-def ask_and_watch(client, question: str, chat: list, poll_s: float = 0.02) -> tuple[list, str, list[int]]:
-    """Ask in `client`'s conversation; returns (chat, the answer, queue positions reported while waiting)."""
-    from gradio_client.utils import Status
-
-    job = client.submit(question, chat, api_name="/ask")
-    positions = []
-    while not job.done():
-        status = job.status()
-        if status.code == Status.IN_QUEUE and status.rank is not None:
-            positions.append(status.rank)
-        time.sleep(poll_s)
-    chat, _ = job.result()
-    return chat, message_text(chat[-1]).strip(), positions
 
 
 def make_documents(count: int, tokens: int, seed: int) -> list[tuple[str, str]]:
@@ -136,7 +116,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     from longctx.io import write_json_atomic
     from longctx.outputs import check_output_file
     from longctx.plots import format_table

@@ -29,14 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from longctx.length_curves import book_tokens, per_book_table, perplexity_table, prefix_losses, sliding_window_losses
 
-from longctx.length_curves import book_tokens, per_book_table, perplexity_table, prefix_losses, sliding_window_losses  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_BOOKS = ",".join(f"data/pg19_eval/pg19test_{book}.txt" for book in ("29973", "30752", "41603"))
 DEFAULT_METHODS = "native,sliding,linear:2,dynamic:2,yarn:2,theta:2,dca,trained,trained+dca"

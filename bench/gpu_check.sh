@@ -33,10 +33,10 @@ declare -A SHARE=([pytest]=20 [attention]=12 [train]=26 [dca]=14 [qlora]=26)
 ORDER=(pytest attention train dca qlora)
 declare -A COMMAND=(
     [pytest]="-m pytest -q -m gpu tests -p no:cacheprovider"
-    [attention]="bench/gpu_check.py attention --seq_lens 8192,16384,32768"
-    [train]="bench/gpu_check.py train --seq_lens 16384,32768"
-    [dca]="bench/gpu_check.py dca --seq_len 32768"
-    [qlora]="bench/gpu_check.py qlora --seq_len 16384"
+    [attention]="-m bench.gpu_check attention --seq_lens 8192,16384,32768"
+    [train]="-m bench.gpu_check train --seq_lens 16384,32768"
+    [dca]="-m bench.gpu_check dca --seq_len 32768"
+    [qlora]="-m bench.gpu_check qlora --seq_len 16384"
 )
 
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
@@ -78,5 +78,5 @@ for part in "${ORDER[@]}"; do
     echo "   exit $status after $((SECONDS - started)) s" >&2
 done
 mkdir -p "$(dirname "$OUTPUT")"
-"$PYTHON" bench/gpu_check.py merge --parts "$PARTS" --output_json "$OUTPUT" >/dev/null
+"$PYTHON" -m bench.gpu_check merge --parts "$PARTS" --output_json "$OUTPUT" >/dev/null
 echo "gpu_check.sh: wrote $OUTPUT ($((SECONDS - started)) s)"

@@ -11,12 +11,8 @@ gave the same tokens until the first eviction (they must). Timings need an other
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the repository's longctx package
 
 import torch
 from transformers import DynamicCache, StoppingCriteria
@@ -25,6 +21,7 @@ from longctx.io import write_json_atomic
 from longctx.modeling import load_model_and_tokenizer
 from longctx.streaming import StreamingCache
 
+ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "data" / "pg19_eval" / "pg19test_29973.txt"
 
 

@@ -19,8 +19,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's longctx package
-
 from tqdm import tqdm
 
 from longctx.args import Pdf2TxtArguments

@@ -19,7 +19,7 @@ pytestmark = [
 
 def test_browser_uploads_a_document_asks_and_screenshots_the_answer(tiny_model_dir, tmp_path):
     pytest.importorskip("playwright.sync_api", reason="needs the playwright package (pip install playwright)")
-    from bench.demo_screenshot import ask_in_browser
+    from longctx.demo_client import ask_in_browser
 
     document = tmp_path / "keeper.txt"
     document.write_text("The lighthouse keeper hid the brass key inside a blue teapot on the kitchen shelf.")

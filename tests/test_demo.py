@@ -2,7 +2,7 @@ import socket
 
 import pytest
 
-from bench.demo_load import ask_and_watch, message_text
+from longctx.demo_client import ask_and_watch, message_text
 from tests.demo_server import running_demo
 from tests.reading import expected_answer
 from tests.scripts import run_script_expecting_error
