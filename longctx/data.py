@@ -19,7 +19,6 @@ shifts labels, so the default collator (or :func:`collate_rows`) is all a Traine
 from __future__ import annotations
 
 import itertools
-import json
 import types
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 from tqdm.auto import tqdm
+
+from longctx.text_files import read_jsonl, read_text_file, text_files
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -230,7 +231,7 @@ def _resolve_source(path: Path, flag: str) -> _Source:
     if path.is_dir():
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
             return _Source(path, "dataset")
-        if not _text_files(path):
+        if not text_files(path):
             raise ValueError(f"{path} holds no .txt files and is not a dataset saved with save_to_disk")
         return _Source(path, "txt")
     name = path.name.lower()
@@ -257,33 +258,16 @@ def _stream_groups(sources: list[_Source]) -> list[list[_Source]]:
     return groups
 
 
-def _text_files(folder: Path) -> list[Path]:
-    """``.txt`` files under a folder in a fixed order, skipping hidden ones (.ipynb_checkpoints...)."""
-    files = [
-        file
-        for file in folder.rglob("*.txt")
-        if file.is_file() and not any(part.startswith(".") for part in file.relative_to(folder).parts)
-    ]
-    return sorted(files, key=lambda file: file.relative_to(folder).parts)
-
-
 def _documents(source: _Source) -> tuple[int, Iterator[str | None]]:
     """Number of documents (for the progress bar) and a lazy iterator over them."""
     if source.kind == "txt":
-        files = _text_files(source.path) if source.path.is_dir() else [source.path]
-        return len(files), map(_read_text_file, files)
+        files = text_files(source.path) if source.path.is_dir() else [source.path]
+        return len(files), map(read_text_file, files)
     if source.kind == "jsonl":
         return _count_nonblank_lines(source.path), _jsonl_texts(source.path)
     dataset = _load_saved_dataset(source.path)
     texts = (text for batch in dataset.iter(batch_size=1000) for text in batch["text"])
     return len(dataset), texts
-
-
-def _read_text_file(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text (invalid byte at offset {error.start})") from None
 
 
 def _count_nonblank_lines(path: Path) -> int:
@@ -293,21 +277,12 @@ def _count_nonblank_lines(path: Path) -> int:
 
 def _jsonl_texts(path: Path) -> Iterator[str | None]:
     """The ``text`` field of each line; blank lines are skipped, anything malformed names its line."""
-    with path.open("rb") as file:
-        for line_number, raw_line in enumerate(file, start=1):
-            if not raw_line.strip():
-                continue
-            try:
-                record = json.loads(raw_line.decode("utf-8-sig" if line_number == 1 else "utf-8"))
-            except UnicodeDecodeError:
-                raise ValueError(f"{path}:{line_number} is not UTF-8 text") from None
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg})") from None
-            if not isinstance(record, dict) or "text" not in record:
-                raise ValueError(f"{path}:{line_number}: expected an object with a 'text' field")
-            if not isinstance(record["text"], str | None):
-                raise ValueError(f"{path}:{line_number}: 'text' is a {type(record['text']).__name__}, not a string")
-            yield record["text"]
+    for line_number, record in read_jsonl(path):
+        if not isinstance(record, dict) or "text" not in record:
+            raise ValueError(f"{path}:{line_number}: expected an object with a 'text' field")
+        if not isinstance(record["text"], str | None):
+            raise ValueError(f"{path}:{line_number}: 'text' is a {type(record['text']).__name__}, not a string")
+        yield record["text"]
 
 
 def _load_saved_dataset(folder: Path):

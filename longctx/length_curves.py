@@ -18,11 +18,12 @@ import torch
 
 from longctx.evaluation import plan_windows
 from longctx.loss import chunked_causal_lm_loss_sum, decoder_and_head, final_hidden_states
+from longctx.text_files import read_text_file
 
 
 def book_tokens(path: str | Path, tokenizer, length: int) -> torch.Tensor:
     """The first `length` tokens of a text file, shape (1, length)."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_text_file(path)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) < length:
         raise ValueError(f"{path} holds {len(ids)} tokens, fewer than {length}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longctx.prompts import encode_prompt, render_question
+from longctx.text_files import read_text_file
 
 TEXT_SUFFIXES = (".txt", ".md")
 TRUNCATIONS = ("none", "middle")
@@ -35,10 +36,7 @@ def read_material(path: str | Path, ocr: bool = False) -> str:
 
         text = pdf_to_text(path, ocr=ocr)
     elif suffix in TEXT_SUFFIXES:
-        try:
-            text = path.read_bytes().decode("utf-8-sig")
-        except UnicodeDecodeError as error:
-            raise ValueError(f"material {path} is not UTF-8 text (invalid byte at offset {error.start})") from None
+        text = read_text_file(path, label="material")
     else:
         raise ValueError(f"material {path}: only .txt, .md and .pdf files are read (got {suffix or 'no suffix'})")
     if not text.strip():

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from longctx.io import write_json_atomic
+from longctx.text_files import read_text_file, text_files
 
 PASSKEY_TASK = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
@@ -137,17 +138,11 @@ def read_haystack(path: str, flag: str = "--haystack") -> str:
         source = Path(piece)
         if not source.exists():
             raise FileNotFoundError(f"{flag} {source}: no such file or folder")
-        found = sorted(source.rglob("*.txt")) if source.is_dir() else [source]
+        found = text_files(source) if source.is_dir() else [source]
         if not found:
             raise ValueError(f"{flag} {source} holds no .txt files")
         files.extend(found)
-    texts = []
-    for file in files:
-        try:
-            texts.append(file.read_bytes().decode("utf-8-sig"))
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{file} is not UTF-8 text (invalid byte at offset {error.start})") from None
-    text = "\n\n".join(texts)
+    text = "\n\n".join(read_text_file(file) for file in files)
     if not text.strip():
         raise ValueError(f"{flag} {path} holds no text")
     return text

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from longctx.loss import IGNORE_INDEX
 from longctx.prompts import LLAMA2_SYSTEM_PROMPT, check_template, render_conversation, starts_with_bos
+from longctx.text_files import read_jsonl, read_text_file
 
 ROLES = ("system", "user", "assistant")
 
@@ -95,26 +96,12 @@ def read_records(path: str | Path, flag: str = "--data_path") -> list[tuple[int,
     if not path.is_file():
         raise FileNotFoundError(f"{flag} {path}: no such file")
     if path.suffix == ".jsonl":
-        records = []
-        with path.open("rb") as file:
-            for line_number, raw_line in enumerate(file, start=1):
-                try:
-                    line = raw_line.decode("utf-8-sig" if line_number == 1 else "utf-8")
-                except UnicodeDecodeError:
-                    raise ValueError(f"{path}:{line_number} is not UTF-8 text") from None
-                if not line.strip():
-                    continue
-                try:
-                    records.append((line_number, json.loads(line)))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg})") from None
-        return records
+        return list(read_jsonl(path))
     if path.suffix != ".json":
         raise ValueError(f"{path}: SFT data is a LongAlpaca .json list or a chat .jsonl file")
+    text = read_text_file(path)
     try:
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text (invalid byte at offset {error.start})") from None
+        data = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
     if not isinstance(data, list):
