@@ -22,8 +22,8 @@ import time
 
 from longctx.args import PerplexityArguments
 from longctx.cli import parse_dataclasses, run_cli
-from longctx.data import default_eval_data
-from longctx.evaluation import check_lengths, evaluate_perplexity, report_perplexity, run_config, token_stream
+from longctx.data import default_eval_data, token_stream
+from longctx.evaluation import check_lengths, evaluate_perplexity, report_perplexity, run_config
 from longctx.modeling import load_for_inference, load_tokenizer, resolve_model_path
 from longctx.outputs import check_result_files
 

@@ -19,14 +19,13 @@ import torch.distributed as dist
 
 from longctx.args import PerplexityArguments
 from longctx.cli import parse_dataclasses, run_cli
-from longctx.data import default_eval_data
+from longctx.data import default_eval_data, token_stream
 from longctx.evaluation import (
     check_lengths,
     evaluate_perplexity,
     init_distributed,
     report_perplexity,
     run_config,
-    token_stream,
 )
 from longctx.modeling import load_for_inference, load_tokenizer, resolve_model_path
 from longctx.outputs import check_result_files

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from longctx.modeling import DEFAULT_MODEL, DTYPES, check_device_map, default_reading_dtype
+from longctx.modeling import DEFAULT_MODEL, DTYPES, check_device_map, default_device, default_reading_dtype
 from longctx.rope import ROPE_METHODS, default_rope_method
 from longctx.stages import START_MODES
 from longctx.training_record import read_record, rope_for_reading
@@ -291,7 +291,7 @@ class InferenceModelArguments(LoadingArguments):
         if self.device_map:
             options["device_map"] = self.device_map
         else:
-            options["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            options["device"] = device or default_device()
         return options
 
 

@@ -26,6 +26,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask, sdpa_mask
 
+from longctx.wrappers import unwrap_model
+
 S2_ATTN = "s2_attn"
 S2_ATTN_FLASH = "s2_attn_flash"
 DEFAULT_GROUP_SIZE_RATIO = 0.25
@@ -67,6 +69,16 @@ def group_blocks(seq_len: int, group_size: int, shifted: bool) -> list[_Block]:
     return blocks
 
 
+def document_restarts(position_ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(batch, seq - 1): True before each token whose position id does not follow the previous one's.
+
+    That is where a packed document starts (position ids restart per document, as transformers finds
+    packed sequences); the one place S²-Attn's paths tell documents apart.
+    """
+    position_ids = position_ids.expand(batch_size, -1)
+    return position_ids[:, 1:] != position_ids[:, :-1] + 1
+
+
 def segment_ids(
     batch_size: int,
     seq_len: int,
@@ -82,12 +94,9 @@ def segment_ids(
     """
     segments = None
     if position_ids is not None and seq_len > 1:
-        position_ids = position_ids.to(device).expand(batch_size, -1)
-        starts = torch.ones_like(position_ids, dtype=torch.bool)
-        starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
-        starts[:, 0] = False
-        if starts.any():
-            segments = starts.long().cumsum(-1)
+        restarts = document_restarts(position_ids.to(device), batch_size)
+        if restarts.any():
+            segments = F.pad(restarts, (1, 0)).long().cumsum(-1)
     if attention_mask is not None and not bool(attention_mask.all()):
         if segments is None:
             segments = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
@@ -100,8 +109,7 @@ def document_spans(position_ids: torch.Tensor | None, batch_size: int, seq_len: 
     """Per row, the (start, end) spans of packed documents (position ids restart); None if no row is packed."""
     if position_ids is None or seq_len < 2:
         return None
-    position_ids = position_ids.expand(batch_size, -1)
-    restarts = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    restarts = document_restarts(position_ids, batch_size)
     if not bool(restarts.any()):
         return None
     spans = []
@@ -116,9 +124,7 @@ def positions_in_document(position_ids: torch.Tensor | None, batch_size: int, se
     positions = torch.arange(seq_len, device=device).expand(batch_size, seq_len)
     if position_ids is None or seq_len < 2:
         return positions
-    position_ids = position_ids.to(device).expand(batch_size, -1)
-    starts = torch.zeros(batch_size, seq_len, dtype=torch.bool, device=device)
-    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    starts = F.pad(document_restarts(position_ids.to(device), batch_size), (1, 0))
     document_start = torch.where(starts, positions, torch.zeros_like(positions)).cummax(-1).values
     return positions - document_start
 
@@ -356,13 +362,6 @@ def flash_attn_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
 
 
-def _base_model(model):
-    """The transformers model under PEFT/DeepSpeed wrappers."""
-    while hasattr(model, "module") and not hasattr(model, "config"):
-        model = model.module
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def enable_s2_attn(
     model,
     group_size_ratio: float = DEFAULT_GROUP_SIZE_RATIO,
@@ -377,7 +376,7 @@ def enable_s2_attn(
     With `use_flash_attn` the flash-attn varlen kernel is used when installed on CUDA; otherwise a
     warning says so and SDPA does the work.
     """
-    base = _base_model(model)
+    base = unwrap_model(model)
     num_heads = base.config.num_attention_heads
     if num_heads < 2:
         raise ValueError(f"S²-Attn shifts half of the heads, so it needs at least 2 attention heads (this model has {num_heads})")
@@ -405,7 +404,7 @@ def enable_s2_attn(
 
 def disable_s2_attn(model, attn_implementation: str | None = None):
     """Return a model to full attention (the implementation it had before, or the one given)."""
-    base = _base_model(model)
+    base = unwrap_model(model)
     settings = getattr(base.config, S2_ATTN, None) or {}
     base.set_attn_implementation(attn_implementation or settings.get("previous_attn_implementation", "sdpa"))
     if hasattr(base.config, S2_ATTN):

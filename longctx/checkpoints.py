@@ -30,6 +30,7 @@ from peft import PeftConfig
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.trainer import OPTIMIZER_NAME, TRAINER_STATE_NAME
 
+from longctx.errors import first_line
 from longctx.io import write_json_atomic
 from longctx.lora import (
     ADAPTER_CONFIG_FILE,
@@ -142,7 +143,7 @@ def consolidate_zero_checkpoint(folder: Path, tag: str) -> dict[str, torch.Tenso
         with safe_unpickling():
             return dict(get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag, exclude_frozen_parameters=False))
     except Exception as error:  # torn shards fail inside DeepSpeed in many ways
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise ValueError(f"cannot consolidate the DeepSpeed checkpoint {folder / tag}: {reason}") from None
 
 

@@ -43,8 +43,8 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import flash_attention_mask
 from transformers.models.llama.modeling_llama import repeat_kv
 
-from longctx.attention import _base_model
 from longctx.rope import pretraining_window, rotate_by
+from longctx.wrappers import unwrap_model
 
 DUAL_CHUNK = "dual_chunk"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2")
@@ -193,7 +193,7 @@ def _block_positions_hook(block: int):
 
 def check_supported(model) -> None:
     """ValueError naming the supported architectures when `model` is not one of them."""
-    model_type = getattr(_base_model(model).config, "model_type", None)
+    model_type = getattr(unwrap_model(model).config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
             f"Dual Chunk Attention supports {', '.join(SUPPORTED_MODEL_TYPES)} models (Llama, Mistral, Mixtral, Qwen2), "
@@ -210,7 +210,7 @@ def enable_dual_chunk_attention(model, pretraining_length: int | None = None, ch
     (restored by `disable_dual_chunk_attention`).
     """
     check_supported(model)
-    base = _base_model(model)
+    base = unwrap_model(model)
     if pretraining_length is None:
         pretraining_length = pretraining_window(base.config)
     chunk_size, local_window = default_sizes(pretraining_length, chunk_size, local_window)
@@ -242,7 +242,7 @@ def enable_dual_chunk_attention(model, pretraining_length: int | None = None, ch
 
 def disable_dual_chunk_attention(model):
     """Undo `enable_dual_chunk_attention` (a no-op on a model without it)."""
-    base = _base_model(model)
+    base = unwrap_model(model)
     settings = getattr(base.config, "dual_chunk_attention", None)
     if settings is None:
         return model

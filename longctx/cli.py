@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 
 from transformers import HfArgumentParser
 
+from longctx.errors import first_line
+
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
@@ -43,7 +45,7 @@ def run_cli(main: Callable[[], object]) -> None:
     except USER_ERRORS as error:
         if os.environ.get("LONGCTX_DEBUG"):
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = first_line(error)
         print(f"{program}: error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -63,9 +63,13 @@ class TokenRowDataset(Dataset):
     def __init__(self, tokens: np.ndarray | _MemmapTokens, model_max_length: int, num_rows: int):
         if num_rows * model_max_length > len(tokens):
             raise ValueError(f"{num_rows} rows of {model_max_length} tokens exceed {len(tokens)} tokens")
-        self.tokens = tokens
+        self._tokens = tokens
         self.model_max_length = model_max_length
         self.num_rows = num_rows
+
+    def token_ids(self) -> np.ndarray | np.memmap:
+        """The tokens its rows are cut from, as one stream (a lazy memmap slice for a token file)."""
+        return self._tokens[: self.num_rows * self.model_max_length]
 
     def __len__(self) -> int:
         return self.num_rows
@@ -74,7 +78,7 @@ class TokenRowDataset(Dataset):
         if not -self.num_rows <= index < self.num_rows:
             raise IndexError(f"row {index} out of range for {self.num_rows} rows")
         start = (index % self.num_rows) * self.model_max_length
-        window = np.asarray(self.tokens[start : start + self.model_max_length], dtype=np.int64)
+        window = np.asarray(self._tokens[start : start + self.model_max_length], dtype=np.int64)
         input_ids = torch.from_numpy(window)
         # A copy, so a collator that masks labels in place cannot touch input_ids.
         return {"input_ids": input_ids, "labels": input_ids.clone()}
@@ -136,6 +140,28 @@ def load_pretraining_dataset(
         parts.append(part)
         rows_left = None if rows_left is None else rows_left - len(part)
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def token_stream(
+    data_path: str | Path | Sequence[str | Path],
+    tokenizer: PreTrainedTokenizerBase,
+    token_dtype: str | None = None,
+    max_tokens: int | None = None,
+    flag: str = "--data_path",
+) -> np.ndarray | np.memmap:
+    """One token stream from token files or text, as fine-tune.py reads them, cut to `max_tokens`.
+
+    Text documents are joined with EOS; a token file stays a lazy memmap (only the windows read are
+    loaded). Several sources are concatenated. Bad paths, non-UTF-8 text and ids beyond the
+    vocabulary fail with one line naming `flag`.
+    """
+    rows = load_pretraining_dataset(
+        data_path, tokenizer, model_max_length=1, token_dtype=token_dtype, max_rows=max_tokens, flag=flag
+    )
+    parts = rows.datasets if isinstance(rows, ConcatDataset) else [rows]
+    streams = [part.token_ids() for part in parts]
+    tokens = streams[0] if len(streams) == 1 else np.concatenate([np.asarray(stream) for stream in streams])
+    return tokens[:max_tokens] if max_tokens is not None else tokens
 
 
 def collate_rows(features: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -28,10 +28,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import ConcatDataset
 from tqdm.auto import tqdm
 
-from longctx.data import load_pretraining_dataset
 from longctx.io import write_json_atomic
 from longctx.loss import (
     DEFAULT_CHUNK_SIZE,
@@ -79,20 +77,6 @@ def rows_perplexity(model, rows, chunk_size: int = DEFAULT_CHUNK_SIZE, progress:
 
 # ---------------------------------------------------------------------------------------------
 # Data
-
-
-def token_stream(data_path: str | Sequence[str], tokenizer, token_dtype: str | None = None, max_tokens: int | None = None):
-    """One token stream from token files or text, as fine-tune.py reads them, cut to `max_tokens`.
-
-    Text documents are joined with EOS; a token file stays a lazy memmap (only the windows read are
-    loaded). Several sources are concatenated. Bad paths, non-UTF-8 text and ids beyond the
-    vocabulary fail with one line (longctx.data's checks).
-    """
-    rows = load_pretraining_dataset(data_path, tokenizer, model_max_length=1, token_dtype=token_dtype, max_rows=max_tokens)
-    parts = rows.datasets if isinstance(rows, ConcatDataset) else [rows]
-    streams = [part.tokens[: len(part)] for part in parts]
-    tokens = streams[0] if len(streams) == 1 else np.concatenate([np.asarray(stream) for stream in streams])
-    return tokens[:max_tokens] if max_tokens is not None else tokens
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,9 +199,10 @@ def evaluate_perplexity(
 
 def init_distributed() -> tuple[int, int, torch.device]:
     """(rank, world size, device) under torchrun: NCCL on GPUs, gloo on CPU; (0, 1, ...) without torchrun."""
+    from longctx.modeling import default_device
+
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     if world_size == 1:
         return 0, 1, device
     if device.type == "cuda":

@@ -33,8 +33,10 @@ from peft import (  # noqa: E402
 )
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from longctx.errors import first_line  # noqa: E402
 from longctx.io import atomic_file  # noqa: E402
 from longctx.pickles import check_pickle  # noqa: E402
+from longctx.wrappers import unwrap_model  # noqa: E402
 
 ATTENTION_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 TRAINABLE_PARAMS_FILE = "trainable_params.safetensors"
@@ -133,7 +135,7 @@ def load_adapter_config(folder: str | Path) -> LoraConfig:
     try:
         return PeftConfig.from_pretrained(str(folder))
     except Exception as error:  # JSON, unknown fields or PEFT types fail inside PEFT in several ways
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise ValueError(f"cannot read {path}: {reason}") from None
 
 
@@ -196,7 +198,7 @@ def check_adapter_weights(
 
 def check_adapter_fits(model, folder: str | Path) -> None:
     """Before PEFT loads the adapter in `folder` into `model`: readable, and made for this model."""
-    shapes = adapter_weight_shapes(base_model_of(model).config, load_adapter_config(folder))
+    shapes = adapter_weight_shapes(unwrap_model(model).config, load_adapter_config(folder))
     check_adapter_weights(read_adapter_weights(folder), shapes, folder)
 
 
@@ -236,15 +238,10 @@ def setup_lora(
     return model
 
 
-def base_model_of(model) -> torch.nn.Module:
-    """The transformers model under PEFT (or the model itself when it is not wrapped)."""
-    return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
 def _trainable_non_lora_parameters(model):
     return (
         (name, parameter)
-        for name, parameter in base_model_of(model).named_parameters()
+        for name, parameter in unwrap_model(model).named_parameters()
         if parameter.requires_grad and "lora_" not in name
     )
 
@@ -311,7 +308,7 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torn, truncated or foreign files fail in many library-specific ways
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise ValueError(f"cannot read {path}: {reason}") from None
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise ValueError(f"cannot read {path}: it is not a state dict of tensors")
@@ -326,7 +323,7 @@ def _across_layers(name: str) -> str:
 def check_trainable_params(model, state: dict[str, torch.Tensor], source: str | Path) -> dict[str, torch.nn.Parameter]:
     """Every name must exist in the base model with the same shape, and a weight saved for some layers must
     be there for all of them (a file from a model with fewer layers would load half); returns the parameters."""
-    parameters = {base_parameter_name(name): p for name, p in base_model_of(model).named_parameters()}
+    parameters = {base_parameter_name(name): p for name, p in unwrap_model(model).named_parameters()}
     for name, tensor in state.items():
         if name not in parameters:
             raise ValueError(f"{source}: parameter {name} does not exist in this model")

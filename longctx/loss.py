@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from longctx.wrappers import unwrap_model
+
 IGNORE_INDEX = -100
 DEFAULT_CHUNK_SIZE = 2048
 
@@ -60,10 +62,7 @@ def count_targets(labels: torch.Tensor) -> torch.Tensor:
 
 def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The decoder stack and output head of a causal LM under PEFT / DDP / DeepSpeed wrappers."""
-    while not hasattr(model, "get_output_embeddings") and hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
+    model = unwrap_model(model)
     return model.get_decoder(), model.get_output_embeddings()
 
 

@@ -32,6 +32,13 @@ def default_reading_dtype() -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
+def default_device() -> torch.device:
+    """This process's GPU when there is one (cuda:LOCAL_RANK under torchrun), else the CPU: the one device choice."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 def check_device_map(device_map: str | None) -> None:
     if device_map is not None and device_map not in DEVICE_MAPS:
         raise ValueError(f"--device_map {device_map}: choose one of {', '.join(DEVICE_MAPS)} (or leave it out for one device)")
@@ -153,9 +160,8 @@ def quantization_config_4bit(compute_dtype: str | torch.dtype = "bfloat16"):
 
 def quantized_device_map() -> dict:
     """bitsandbytes places weights when they load: on this process's GPU (LOCAL_RANK under torchrun), else the CPU."""
-    if torch.cuda.is_available():
-        return {"": int(os.environ.get("LOCAL_RANK", 0))}
-    return {"": "cpu"}
+    device = default_device()
+    return {"": device.index if device.type == "cuda" else "cpu"}
 
 
 def keep_4bit_weights_trainable(model) -> None:
@@ -254,7 +260,13 @@ def load_for_inference(
     (LongLoRA's added `[PAD]`) get the same tokens added first (longctx.special_tokens).
     `load_options` go to `load_model_and_tokenizer` (e.g. `device_map="auto"`, `cache_dir`).
     """
-    from longctx.lora import TRAINABLE_PARAMS_FILE, check_adapter_fits, load_trainable_params
+    from longctx.lora import (
+        ADAPTER_CONFIG_FILE,
+        TRAINABLE_PARAMS_FILE,
+        check_adapter_fits,
+        load_trainable_params,
+        trainable_params_path,
+    )
     from longctx.special_tokens import add_tokens_for_trainable_params
 
     record = read_record(peft_model)
@@ -283,9 +295,8 @@ def load_for_inference(
         folder = Path(peft_model).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"--peft_model {folder}: no such folder")
-        has_adapter = (folder / "adapter_config.json").is_file()
-        # LongLoRA's get_trainable_weights.py writes trainable_params.bin; load_trainable_params finds either.
-        has_trainable = any((folder / name).is_file() for name in (TRAINABLE_PARAMS_FILE, "trainable_params.bin"))
+        has_adapter = (folder / ADAPTER_CONFIG_FILE).is_file()
+        has_trainable = trainable_params_path(folder) is not None  # ours, or LongLoRA's trainable_params.bin
         if not (has_adapter or has_trainable):
             raise FileNotFoundError(
                 f"--peft_model {folder} holds neither adapter_config.json nor {TRAINABLE_PARAMS_FILE}"

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from longctx.errors import first_line
+
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
 NEVER_LOADED = ("training_args.bin",)  # the Trainer saves its arguments there but never reads them back
 FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
@@ -58,7 +60,7 @@ def check_pickle(path: str | Path) -> None:
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         except Exception as error:  # noqa: BLE001 - truncated zips and raw pickles fail in several ways
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = first_line(error)
             raise ValueError(f"cannot read {path}: not a file torch.save wrote, or damaged ({reason})") from None
     if unsafe:
         raise ValueError(

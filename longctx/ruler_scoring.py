@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -155,7 +154,7 @@ def report_ruler(
     records: Sequence[dict], config: dict, threshold: float, output_json: str | None, plot: str | None, title: str
 ) -> dict:
     """Print the tasks x lengths table and effective lengths, write the JSON and the heatmap; returns the summary."""
-    from longctx.plots import format_table, plot_score_grid
+    from longctx.plots import format_table, plot_path, plot_score_grid
 
     summary = summarize(records, threshold)
     lengths, tasks = summary["lengths"], summary["tasks"]
@@ -167,7 +166,7 @@ def report_ruler(
         f"relative (>= {summary['relative_threshold']}, {threshold:g}% of the {lengths[0]}-token average): "
         f"{summary['relative_effective_length']}"
     )
-    plot = plot or (str(Path(output_json).with_suffix(".png")) if output_json else None)
+    plot = plot_path(output_json, plot)
     if output_json:
         write_json_atomic(output_json, {**summary, "config": config, "plot": plot, "records": list(records)})
         print(f"results written to {output_json}")

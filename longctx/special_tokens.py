@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from longctx.wrappers import unwrap_model
+
 LONGLORA_SPECIAL_TOKENS = {"pad_token": "[PAD]", "eos_token": "</s>", "bos_token": "<s>", "unk_token": "<unk>"}
 
 
@@ -90,9 +92,9 @@ def add_pad_token(model, tokenizer) -> int:
 
 
 def _input_embedding_name(model) -> str:
-    from longctx.lora import base_model_of, base_parameter_name
+    from longctx.lora import base_parameter_name
 
-    base = base_model_of(model)
+    base = unwrap_model(model)
     weight = base.get_input_embeddings().weight
     return next(base_parameter_name(name) for name, parameter in base.named_parameters() if parameter is weight)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from longctx.cli import parse_dataclasses, run_cli
-from longctx.data import TOKEN_DTYPES, load_pretraining_dataset, token_file_path, tokenizer_vocab_size, write_token_file
+from longctx.data import TOKEN_DTYPES, token_file_path, token_stream, tokenizer_vocab_size, write_token_file
 from longctx.modeling import DEFAULT_MODEL, load_tokenizer, resolve_model_path
 from longctx.outputs import check_output_file
 
@@ -42,8 +42,7 @@ class TokenizeDataArguments:
 def tokenize_to_file(input_path: str, output: str, tokenizer, dtype: str | None = None, max_tokens: int | None = None):
     """Tokenize text sources into one token file; returns (path written, number of tokens, dtype name)."""
     vocab_size = tokenizer_vocab_size(tokenizer)
-    rows = load_pretraining_dataset(input_path, tokenizer, model_max_length=1, max_rows=max_tokens, flag="--input")
-    tokens = rows.tokens[: len(rows)]  # text sources form one stream (one TokenRowDataset)
+    tokens = token_stream(input_path, tokenizer, max_tokens=max_tokens, flag="--input")
     path = write_token_file(tokens, output, vocab_size=vocab_size, dtype=dtype)
     width = "uint32" if path.name.lower().endswith(".u32.bin") or dtype == "uint32" else "uint16"
     return path, len(tokens), width

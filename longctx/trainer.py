@@ -20,12 +20,13 @@ from peft import PeftModel
 from transformers import Trainer, TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
-from longctx.lora import base_model_of, has_trainable_params, load_trainable_params, save_trainable_params
+from longctx.lora import has_trainable_params, load_trainable_params, save_trainable_params
 from longctx.loss import DEFAULT_CHUNK_SIZE, causal_lm_loss
 from longctx.outputs import check_output_folder
 from longctx.pickles import safe_unpickling
 from longctx.stages import apply_earlier_stages, check_start, stages_below
 from longctx.training_record import TrainingRecord, read_record, record_from_model, write_record
+from longctx.wrappers import unwrap_model
 
 
 class LongContextTrainer(Trainer):
@@ -78,7 +79,7 @@ def gathered_trainable_params(model):
     ZeRO-3 leaves each process a slice of a weight (an empty tensor outside DeepSpeed's hooks); the
     gather is collective, so every process must enter it. Without ZeRO-3 it does nothing.
     """
-    partitioned = [p for p in base_model_of(model).parameters() if p.requires_grad and hasattr(p, "ds_id")]
+    partitioned = [p for p in unwrap_model(model).parameters() if p.requires_grad and hasattr(p, "ds_id")]
     if not partitioned:
         return contextlib.nullcontext()
     import deepspeed
@@ -199,7 +200,7 @@ def check_resumable(model, checkpoint: str) -> None:
     check_checkpoint_pickles(checkpoint)
     if isinstance(model, PeftModel):
         state = read_adapter_weights(checkpoint)
-        shapes = adapter_weight_shapes(base_model_of(model).config, model.peft_config[model.active_adapter])
+        shapes = adapter_weight_shapes(unwrap_model(model).config, model.peft_config[model.active_adapter])
         try:
             check_adapter_weights(state, shapes, checkpoint)
         except ValueError as error:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from longctx.evaluation import evaluate_perplexity, token_stream
+from longctx.data import token_stream
+from longctx.evaluation import evaluate_perplexity
 from longctx.modeling import load_for_inference
 from tests.scripts import ROOT, run_script, run_script_expecting_error
 
