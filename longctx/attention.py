@@ -22,10 +22,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask, sdpa_mask
+from transformers import AttentionInterface, AttentionMaskInterface
 
+from longctx.internals import (
+    attn_implementation,
+    flash_attention_mask,
+    register_process_wide_sdpa,
+    sdpa_attention_forward,
+)
 from longctx.wrappers import unwrap_model
 
 S2_ATTN = "s2_attn"
@@ -389,7 +393,7 @@ def enable_s2_attn(
         warnings.warn("flash-attn is not installed or no CUDA device is present: S²-Attn runs on SDPA instead", stacklevel=2)
         use_flash_attn = False
     register_s2_attention()
-    previous = base.config._attn_implementation
+    previous = attn_implementation(base.config)
     if previous in (S2_ATTN, S2_ATTN_FLASH):
         previous = base.config.s2_attn["previous_attn_implementation"]
     base.config.s2_attn = {
@@ -416,19 +420,19 @@ def replace_llama_attn(use_flash_attn: bool = True, use_full: bool = False, infe
     """LongLoRA's one-line entry point, kept for old training scripts.
 
     LongLoRA patched LlamaAttention for the whole process before the model was loaded. Here the same
-    effect comes from registering S²-Attn (group ratio 1/4) as the process's `sdpa` implementation;
+    effect comes from registering S²-Attn (group ratio 1/4) as the process's `sdpa` implementation
+    (longctx.internals.register_process_wide_sdpa, the one process-wide change longctx makes);
     `use_full=True` or `inference=True` restores plain SDPA. Prefer `enable_s2_attn(model)`, which
     changes one model only.
     """
     if use_full or inference:
-        AttentionInterface.register("sdpa", sdpa_attention_forward)
-        AttentionMaskInterface.register("sdpa", sdpa_mask)
+        register_process_wide_sdpa()
         return
     if use_flash_attn and not flash_attn_available():
         warnings.warn("flash-attn is not installed or no CUDA device is present: using SDPA", stacklevel=2)
         use_flash_attn = False
-    AttentionInterface.register("sdpa", s2_attention_flash_forward if use_flash_attn else s2_attention_forward)
-    AttentionMaskInterface.register("sdpa", flash_attention_mask)
+    forward = s2_attention_flash_forward if use_flash_attn else s2_attention_forward
+    register_process_wide_sdpa(forward, flash_attention_mask)
 
 
 __all__ = [

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from peft import PeftConfig
 from transformers import AutoConfig, AutoModelForCausalLM
-from transformers.trainer import OPTIMIZER_NAME, TRAINER_STATE_NAME
 
 from longctx.errors import first_line
+from longctx.internals import OPTIMIZER_NAME, TRAINER_STATE_NAME
 from longctx.io import write_json_atomic
 from longctx.lora import (
     ADAPTER_CONFIG_FILE,

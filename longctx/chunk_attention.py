@@ -31,24 +31,27 @@ as ``dual_chunk``) re-rotates queries for the other two sets by the difference (
 compose, R(a) R(b) = R(a + b); the difference rotation carries no YaRN attention factor, which the
 first rotation already applied). Each part runs through a fused kernel that returns the
 log-sum-exp (on CPU `_scaled_dot_product_flash_attention_for_cpu`, on CUDA the memory-efficient
-SDPA kernel), so no (seq x seq) score matrix is ever built: memory is linear in the sequence
-length. Queries are taken to be the last tokens of the keys, which covers prefill and decoding with
+SDPA kernel: private torch ops, reached through longctx.internals.sdpa_with_lse), so no (seq x seq)
+score matrix is ever built: memory is linear in the sequence length. Queries are taken to be the last tokens of the keys, which covers prefill and decoding with
 a KV cache; padded batches are refused.
 """
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface
-from transformers.masking_utils import flash_attention_mask
-from transformers.models.llama.modeling_llama import repeat_kv
 
+from longctx.internals import attn_implementation, flash_attention_mask, sdpa_with_lse
 from longctx.rope import pretraining_window, rotate_by
 from longctx.wrappers import unwrap_model
 
 DUAL_CHUNK = "dual_chunk"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2")
 INV_FREQ_BUFFER = "dual_chunk_inv_freq"
+# rotary module -> its block-position hook's handle, kept here rather than as an attribute of transformers' module
+_BLOCK_POSITION_HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def default_sizes(pretraining_length: int, chunk_size: int | None = None, local_window: int | None = None) -> tuple[int, int]:
@@ -87,14 +90,7 @@ def attention_with_lse(query, key, value, scaling: float, causal_offset: int | N
             hidden = torch.arange(key_len, device=query.device)[None, :] > rows
             bias = torch.zeros(hidden.shape, dtype=query.dtype, device=query.device).masked_fill(hidden, float("-inf"))
             bias = bias[None, None].expand(query.shape[0], query.shape[1], -1, -1)
-    if query.is_cuda:
-        output, lse, *_ = torch.ops.aten._scaled_dot_product_efficient_attention(
-            query, key, value, bias, True, 0.0, is_causal, scale=scaling
-        )
-        return output, _at_least_float32(lse[:, :, :query_len])
-    output, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        query, key, value, 0.0, is_causal, attn_mask=bias, scale=scaling
-    )
+    output, lse = sdpa_with_lse(query, key, value, bias, is_causal, scaling)
     return output, _at_least_float32(lse)
 
 
@@ -150,7 +146,7 @@ def dual_chunk_attention(
             return key[:, :, start:end], value[:, :, start:end]
 
         # intra: causal, so the keys of this block are repeated per query head (one block at most)
-        intra_key, intra_value = (repeat_kv(states, num_groups) for states in keys(block_start, query_end))
+        intra_key, intra_value = (states.repeat_interleave(num_groups, dim=1) for states in keys(block_start, query_end))
         parts = [attention_with_lse(block_query, intra_key, intra_value, scaling, query_start - block_start)]
         if index >= 1:  # successive: offset i moves to min(i + block, chunk_size)
             successive = rotate_by(block_query, torch.clamp(chunk_size - offsets, max=block), inv_freq)
@@ -226,14 +222,15 @@ def enable_dual_chunk_attention(model, pretraining_length: int | None = None, ch
     for layer in base.get_decoder().layers:  # on each layer's own device (a model spread by device_map)
         device = next(layer.self_attn.parameters()).device
         layer.self_attn.register_buffer(INV_FREQ_BUFFER, inv_freq.detach().to(device, copy=True), persistent=False)
-    handle = rotary.register_forward_pre_hook(_block_positions_hook(chunk_size - local_window), with_kwargs=True)
-    rotary._dual_chunk_hook = handle
+    _BLOCK_POSITION_HOOKS[rotary] = rotary.register_forward_pre_hook(
+        _block_positions_hook(chunk_size - local_window), with_kwargs=True
+    )
     register_dual_chunk_attention()
     base.config.dual_chunk_attention = {
         "pretraining_length": pretraining_length,
         "chunk_size": chunk_size,
         "local_window": local_window,
-        "previous_attn_implementation": base.config._attn_implementation or "sdpa",
+        "previous_attn_implementation": attn_implementation(base.config) or "sdpa",
         "previous_sliding_window": previous_sliding_window,
     }
     base.set_attn_implementation(DUAL_CHUNK)
@@ -247,8 +244,7 @@ def disable_dual_chunk_attention(model):
     if settings is None:
         return model
     rotary = base.get_decoder().rotary_emb
-    rotary._dual_chunk_hook.remove()
-    del rotary._dual_chunk_hook
+    _BLOCK_POSITION_HOOKS.pop(rotary).remove()
     for layer in base.get_decoder().layers:
         delattr(layer.self_attn, INV_FREQ_BUFFER)
     base.set_attn_implementation(settings["previous_attn_implementation"])

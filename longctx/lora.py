@@ -9,19 +9,15 @@ under the base model's own parameter names, which load straight into the base mo
 from __future__ import annotations
 
 import copy
-import logging
 import re
 import warnings
 from pathlib import Path
 
 import torch
 
-# PEFT imports bitsandbytes, whose CPU backend logs on import that it cannot fetch an optional
-# inference kernel from the hub; longctx never uses that kernel (modeling.keep_4bit_weights_trainable).
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-# PEFT reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model; the
-# FutureWarning is about PEFT's code, nothing a longctx user can act on.
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+from longctx.internals import quiet_known_library_noise
+
+quiet_known_library_noise()  # before PEFT imports bitsandbytes; see longctx.internals
 
 from peft import (  # noqa: E402
     LoraConfig,

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from longctx.internals import drop_quantization_record, stop_bnb_cpu_repacking
 from longctx.io import atomic_folder
 from longctx.pickles import check_pickle
 from longctx.rope import extend_context
@@ -81,9 +82,7 @@ def converted_gguf_folder(gguf_file: Path) -> Path:
     print(f"Converting {gguf_file.name} to safetensors once (cached in {folder}) ...", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
-    # transformers refuses save_pretrained on a GGUF-loaded model until its quantization record is dropped;
-    # the weights are already dequantised to float32.
-    model.hf_quantizer.remove_quantization_config(model)
+    drop_quantization_record(model)  # the weights are already dequantised to float32
     _atomic_save(model, tokenizer, folder)
     return folder
 
@@ -164,19 +163,6 @@ def quantized_device_map() -> dict:
     return {"": device.index if device.type == "cuda" else "cpu"}
 
 
-def keep_4bit_weights_trainable(model) -> None:
-    """Stop bitsandbytes (0.50) from repacking 4-bit weights for its CPU inference kernel.
-
-    On CPUs with AVX512-BF16, the first eval-mode forward repacks each layer in place (and undoes the
-    double quantization); the repacked kernel has no backward, so a model evaluated before training
-    (fine-tune.py's perplexity check) would silently stop passing gradients through its frozen
-    layers, and LoRA weights below them would get none.
-    """
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-
-
 def load_model_and_tokenizer(
     model_name_or_path: str = DEFAULT_MODEL,
     dtype: str | torch.dtype = "float32",
@@ -222,7 +208,7 @@ def load_model_and_tokenizer(
         **hub,
     )
     if load_in_4bit:
-        keep_4bit_weights_trainable(model)
+        stop_bnb_cpu_repacking(model)  # keeps 4-bit layers passing gradients after an eval-mode forward
     tokenizer = load_tokenizer(model_path, cache_dir, trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

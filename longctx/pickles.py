@@ -25,26 +25,15 @@ NEVER_LOADED = ("training_args.bin",)  # the Trainer saves its arguments there b
 FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 
 
-def _deepspeed_checkpoint_classes() -> list[type]:
-    """Plain records in DeepSpeed's ZeRO checkpoints (loss scaler, stage, fragment address): data, no code."""
-    try:
-        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-        from deepspeed.runtime.zero.config import ZeroStageEnum
-        from deepspeed.utils.tensor_fragment import fragment_address
-    except ImportError:
-        return []
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-
-
 @contextlib.contextmanager
 def safe_unpickling() -> Iterator[None]:
     """Every `torch.load` inside uses the weights-only unpickler, with the allow-list above added."""
-    from transformers.trainer_pt_utils import safe_globals as numpy_rng_globals
+    from longctx.internals import deepspeed_checkpoint_classes, numpy_rng_safe_globals
 
     previous = os.environ.get(FORCE_WEIGHTS_ONLY)
     os.environ[FORCE_WEIGHTS_ONLY] = "1"
     try:
-        with numpy_rng_globals(), torch.serialization.safe_globals(_deepspeed_checkpoint_classes()):
+        with numpy_rng_safe_globals(), torch.serialization.safe_globals(deepspeed_checkpoint_classes()):
             yield
     finally:
         if previous is None:

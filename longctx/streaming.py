@@ -17,8 +17,9 @@ batches must be unpadded (one conversation per row, same length).
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache
 
+from longctx.internals import DynamicLayer
 from longctx.rope import rotate_by
 
 

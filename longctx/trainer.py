@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 from transformers import Trainer, TrainerCallback, set_seed
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
+from longctx.internals import PREFIX_CHECKPOINT_DIR, TrainerHooks, sort_checkpoints
 from longctx.lora import has_trainable_params, load_trainable_params, save_trainable_params
 from longctx.loss import DEFAULT_CHUNK_SIZE, causal_lm_loss
 from longctx.outputs import check_output_folder
@@ -29,7 +29,7 @@ from longctx.training_record import TrainingRecord, read_record, record_from_mod
 from longctx.wrappers import unwrap_model
 
 
-class LongContextTrainer(Trainer):
+class LongContextTrainer(TrainerHooks, Trainer):
     """Trainer whose loss is chunked over positions and already normalised over the accumulated batch."""
 
     loss_is_scaled_for_ga = True
@@ -39,15 +39,14 @@ class LongContextTrainer(Trainer):
         self.loss_chunk_size = loss_chunk_size
         self.train_sampler = train_sampler  # e.g. longctx.sft_batching.SortedBatchSampler
 
-    def _get_train_sampler(self, train_dataset=None):
-        if self.train_sampler is not None:
-            return self.train_sampler
-        return super()._get_train_sampler(train_dataset)
+    def custom_train_sampler(self):
+        return self.train_sampler
 
-    def _get_num_items_in_batch(self, batch_samples, device):
-        """Sequences (weighted loss) or target tokens over all micro-batches of one optimizer step, all processes."""
+    def custom_num_items_in_batch(self, batch_samples, device):
+        """Sequences over all micro-batches of one optimizer step, all processes (weighted loss); None: the
+        Trainer's own count of target tokens."""
         if not batch_samples or "num_sequences" not in batch_samples[0]:
-            return super()._get_num_items_in_batch(batch_samples, device)
+            return None
         num_sequences = sum(torch.as_tensor(batch["num_sequences"]) for batch in batch_samples).to(device)
         if self.args.world_size > 1:
             num_sequences = self.accelerator.gather(num_sequences).sum()

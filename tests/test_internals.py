@@ -1,0 +1,143 @@
+"""Every entry of longctx/internals.py against the installed libraries: an upgrade that moves one fails here,
+naming the entry and the versions, before it fails somewhere deep in training or reading."""
+
+import importlib.metadata
+import importlib.util
+import inspect
+
+import pytest
+import torch
+
+from longctx import internals
+
+
+def moved(entry: str, library: str, detail: str) -> str:
+    try:
+        installed = importlib.metadata.version(library)
+    except importlib.metadata.PackageNotFoundError:
+        installed = "not installed"
+    return (
+        f"longctx.internals.{entry}: {detail} ({library} {installed} installed, checked against "
+        f"{internals.CHECKED_AGAINST[library]}); adapt longctx/internals.py to the new version"
+    )
+
+
+def test_attn_implementation_reads_what_set_attn_implementation_wrote(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    model.set_attn_implementation("eager")
+    try:
+        assert internals.attn_implementation(model.config) == "eager"
+    except (AttributeError, AssertionError):
+        pytest.fail(moved("attn_implementation", "transformers", "config._attn_implementation no longer records it"))
+
+
+def test_attention_functions_keep_their_signatures():
+    parameters = list(inspect.signature(internals.sdpa_attention_forward).parameters)
+    assert parameters[:5] == ["module", "query", "key", "value", "attention_mask"], moved(
+        "sdpa_attention_forward", "transformers", f"its parameters are now {parameters}"
+    )
+    for name in ("flash_attention_mask", "sdpa_mask"):
+        assert callable(getattr(internals, name)), moved(name, "transformers", "not a function any more")
+
+
+def test_process_wide_sdpa_is_restored_to_transformers_own():
+    from transformers import AttentionInterface
+
+    internals.register_process_wide_sdpa(lambda *args, **kwargs: None)
+    internals.register_process_wide_sdpa()
+    assert AttentionInterface()["sdpa"] is internals.sdpa_attention_forward, moved(
+        "register_process_wide_sdpa", "transformers", "the 'sdpa' entry is not sdpa_attention_forward"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(internals.TRAINER_PRIVATE_METHODS))
+def test_trainer_private_methods_keep_their_signatures(name):
+    from transformers import Trainer
+
+    method = getattr(Trainer, name, None)
+    assert method is not None, moved("TrainerHooks", "transformers", f"Trainer.{name} is gone")
+    parameters = tuple(inspect.signature(method).parameters)
+    assert parameters == internals.TRAINER_PRIVATE_METHODS[name], moved(
+        "TrainerHooks", "transformers", f"Trainer.{name} now takes {parameters}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("OPTIMIZER_NAME", "optimizer.pt"), ("TRAINER_STATE_NAME", "trainer_state.json"), ("PREFIX_CHECKPOINT_DIR", "checkpoint")],
+)
+def test_trainer_checkpoint_names(name, expected):
+    try:
+        value = getattr(internals, name)
+    except ImportError as error:
+        pytest.fail(moved(name, "transformers", f"cannot be imported ({error})"))
+    assert value == expected, moved(name, "transformers", f"is now {value!r}")
+
+
+def test_trainer_helpers_import():
+    for name in ("sort_checkpoints", "numpy_rng_safe_globals"):
+        try:
+            assert callable(getattr(internals, name))
+        except (ImportError, AssertionError):
+            pytest.fail(moved(name, "transformers", "cannot be imported or is not a function"))
+
+
+def test_dynamic_layer_keeps_what_the_streaming_cache_uses():
+    layer = internals.DynamicLayer()
+    for name in ("lazy_initialization", "reset", "get_mask_sizes", "update", "is_initialized", "get_seq_length"):
+        assert hasattr(layer, name), moved("DynamicLayer", "transformers", f"DynamicLayer has no {name}")
+
+
+def test_gguf_quantizer_can_forget_its_record():
+    from transformers.quantizers.base import HfQuantizer
+
+    assert hasattr(HfQuantizer, "remove_quantization_config"), moved(
+        "drop_quantization_record", "transformers", "HfQuantizer.remove_quantization_config is gone"
+    )
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_with_lse_against_float64(causal):
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(1, 2, 6, 8, generator=generator) for _ in range(3))
+    try:
+        output, lse = internals.sdpa_with_lse(query, key, value, None, causal, 8**-0.5)
+    except (AttributeError, RuntimeError, TypeError) as error:
+        pytest.fail(moved("sdpa_with_lse", "torch", f"the fused kernel fails ({error})"))
+    scores = query.double() @ key.double().transpose(-1, -2) * 8**-0.5
+    if causal:
+        scores = scores.masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(lse.double(), scores.logsumexp(-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(output.double(), scores.softmax(-1) @ value.double(), atol=1e-5, rtol=1e-5)
+
+
+def test_bitsandbytes_linear4bit_has_the_repacking_switch():
+    if importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("bitsandbytes is not installed")
+    import bitsandbytes as bnb
+
+    layer = bnb.nn.Linear4bit(64, 64, bias=False)
+    assert hasattr(layer, "support_avx512bf16_for_cpu"), moved(
+        "stop_bnb_cpu_repacking", "bitsandbytes", "Linear4bit has no support_avx512bf16_for_cpu"
+    )
+    internals.stop_bnb_cpu_repacking(torch.nn.Sequential(layer))
+    assert layer.support_avx512bf16_for_cpu is False
+
+
+def test_deepspeed_checkpoint_records_import():
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("DeepSpeed is not installed")
+    assert len(internals.deepspeed_checkpoint_classes()) == 4, moved(
+        "deepspeed_checkpoint_classes", "deepspeed", "a checkpoint record class moved"
+    )
+
+
+def test_bitsandbytes_cpu_logger_still_exists():
+    if importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("bitsandbytes is not installed")
+    module = internals.BNB_CPU_LOGGER
+    assert importlib.util.find_spec(module) is not None, moved(
+        "quiet_known_library_noise", "bitsandbytes", f"{module} is gone (the logger to quiet has another name)"
+    )
