@@ -33,7 +33,7 @@ from longctx.attention import LONGLORA_SFT_GROUP_SIZE, disable_s2_attn
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.plots import plot_loss_curve
 from longctx.prompts import usable_template
-from longctx.qa_accuracy import load_questions, qa_accuracy
+from longctx.qa_data import load_questions, qa_accuracy
 from longctx.sft_batching import SortedBatchSampler, build_sft_dataset, collate_sft
 from longctx.sft_data import load_sft_samples
 from longctx.trainer import (

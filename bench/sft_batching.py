@@ -1,6 +1,6 @@
 """Benchmark LongAlign's batching of SFT data: naive, pack and sort on a long-tailed length mix.
 
-The same samples (random tokens, long-tailed lengths as `longctx.build_qa_data` draws them, the last
+The same samples (random tokens, long-tailed lengths as `longctx.qa_data` draws them, the last
 --answer_tokens of each as the answer) go through one epoch of training steps (forward + backward of
 the chunked loss, full-rank gradients, no optimizer) with each batch method. Printed per method:
 batches, padding fraction (deterministic: computed from the batches), real tokens per second
@@ -51,7 +51,7 @@ def parse_args(argv=None):
 
 
 def make_samples(args, vocab_size: int):
-    from longctx.build_qa_data import long_tailed_length
+    from longctx.qa_data import long_tailed_length
     from longctx.loss import IGNORE_INDEX
     from longctx.sft_data import SFTSample
 

@@ -19,7 +19,6 @@ shifts labels, so the default collator (or :func:`collate_rows`) is all a Traine
 from __future__ import annotations
 
 import itertools
-import types
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,15 +30,10 @@ from torch.utils.data import ConcatDataset, Dataset
 from tqdm.auto import tqdm
 
 from longctx.text_files import read_jsonl, read_text_file, text_files
+from longctx.token_files import TOKEN_DTYPES, UINT32_SUFFIX, MemmapTokens, reader_dtype, tokenizer_vocab_size
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-# Token files are little-endian whatever the machine, as LongLoRA's np.memmap(dtype=np.uint16) files
-# written on x86 are.
-TOKEN_DTYPES = types.MappingProxyType({"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")})
-UINT32_SUFFIX = ".u32.bin"
-UINT16_SUFFIX = ".u16.bin"  # only the writer reads it: any other ``.bin`` is uint16 too
 
 _FEW_DOCUMENTS = 8  # show a progress bar above this many documents
 _TOKENIZE_BATCH = 64  # documents per tokenizer call: fast tokenizers encode a batch in parallel
@@ -60,7 +54,7 @@ class TokenRowDataset(Dataset):
     ``tokens`` may be an in-memory array (tokenized text) or a lazily opened token file.
     """
 
-    def __init__(self, tokens: np.ndarray | _MemmapTokens, model_max_length: int, num_rows: int):
+    def __init__(self, tokens: np.ndarray | MemmapTokens, model_max_length: int, num_rows: int):
         if num_rows * model_max_length > len(tokens):
             raise ValueError(f"{num_rows} rows of {model_max_length} tokens exceed {len(tokens)} tokens")
         self._tokens = tokens
@@ -82,27 +76,6 @@ class TokenRowDataset(Dataset):
         input_ids = torch.from_numpy(window)
         # A copy, so a collator that masks labels in place cannot touch input_ids.
         return {"input_ids": input_ids, "labels": input_ids.clone()}
-
-
-class _MemmapTokens:
-    """A token file mapped on first access; pickling (DataLoader workers) never copies its contents."""
-
-    def __init__(self, path: Path, dtype: np.dtype):
-        self.path = path
-        self.dtype = dtype
-        self.num_tokens = path.stat().st_size // dtype.itemsize
-        self._array: np.memmap | None = None
-
-    def __len__(self) -> int:
-        return self.num_tokens
-
-    def __getitem__(self, index: slice) -> np.ndarray:
-        if self._array is None:
-            self._array = np.memmap(self.path, dtype=self.dtype, mode="r")
-        return self._array[index]
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_array": None}
 
 
 def load_pretraining_dataset(
@@ -169,51 +142,6 @@ def collate_rows(features: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch
     if not features:
         raise ValueError("cannot collate an empty batch")
     return {key: torch.stack([feature[key] for feature in features]) for key in features[0]}
-
-
-def write_token_file(
-    token_ids: Iterable[int] | np.ndarray | torch.Tensor,
-    path: str | Path,
-    vocab_size: int,
-    dtype: str | None = None,
-) -> Path:
-    """Write token ids as a LongLoRA token file and return the path written; never wraps an id.
-
-    Width rule: ``dtype`` ("uint16"/"uint32") when given; else a ``.u32.bin`` path means uint32 and
-    a ``.u16.bin`` path uint16; else uint16 when ``vocab_size`` <= 65536, and otherwise uint32 with
-    the ``.bin`` suffix turned into ``.u32.bin``, so that readers' suffix rule finds the width again.
-    Ids must lie in [0, vocab_size) and fit the width, else ValueError.
-    """
-    path = Path(path)
-    if vocab_size <= 0:
-        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
-    if not path.name.lower().endswith(".bin"):
-        raise ValueError(f"{path}: token files end in .bin (uint16) or {UINT32_SUFFIX} (uint32)")
-    if dtype is not None and dtype not in TOKEN_DTYPES:
-        raise ValueError(f"token dtype must be one of {', '.join(TOKEN_DTYPES)}, got {dtype!r}")
-    path, numpy_dtype = _writer_path_and_dtype(path, vocab_size, dtype)
-
-    ids = np.asarray(token_ids)
-    if ids.size == 0:
-        ids = ids.astype(np.int64)
-    if ids.dtype.kind not in "iu":
-        raise ValueError(f"token ids must be integers, got {ids.dtype}")
-    ids = ids.reshape(-1)
-    if ids.size:
-        smallest, largest = int(ids.min()), int(ids.max())
-        if smallest < 0:
-            raise ValueError(f"cannot write negative token id {smallest} to {path}")
-        dtype_max = int(np.iinfo(numpy_dtype).max)
-        if largest > dtype_max:
-            raise ValueError(
-                f"token id {largest} does not fit the {numpy_dtype.name} file {path} (max {dtype_max}); "
-                f"write a {UINT32_SUFFIX} file"
-            )
-        if largest >= vocab_size:
-            raise ValueError(f"token id {largest} is outside the vocabulary of {vocab_size} ids ({path})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ids.astype(numpy_dtype).tofile(path)
-    return path
 
 
 def default_pretraining_data() -> str:
@@ -401,11 +329,11 @@ def _token_file_rows(
     max_rows: int | None,
 ) -> TokenRowDataset:
     """Windows of a token file, after checking that the ids used fit the tokenizer's vocabulary."""
-    dtype = _reader_dtype(path, token_dtype)
+    dtype = reader_dtype(path, token_dtype)
     size = path.stat().st_size
     if size % dtype.itemsize:
         raise ValueError(f"{path} is {size} bytes, not a whole number of {dtype.name} ids (wrong --token_dtype?)")
-    tokens = _MemmapTokens(path, dtype)
+    tokens = MemmapTokens(path, dtype)
     num_rows = len(tokens) // model_max_length
     if num_rows == 0:
         raise ValueError(
@@ -417,36 +345,7 @@ def _token_file_rows(
     return TokenRowDataset(tokens, model_max_length, num_rows)
 
 
-def _reader_dtype(path: Path, token_dtype: str | None) -> np.dtype:
-    if token_dtype is not None:
-        return TOKEN_DTYPES[token_dtype]
-    return TOKEN_DTYPES["uint32" if path.name.lower().endswith(UINT32_SUFFIX) else "uint16"]
-
-
-def token_file_path(path: str | Path, vocab_size: int, dtype: str | None = None) -> Path:
-    """The path :func:`write_token_file` writes for `path` (``.bin`` becomes ``.u32.bin`` for a large vocabulary)."""
-    return _writer_path_and_dtype(Path(path), vocab_size, dtype)[0]
-
-
-def _writer_path_and_dtype(path: Path, vocab_size: int, dtype: str | None) -> tuple[Path, np.dtype]:
-    """The width rule of :func:`write_token_file`."""
-    name = path.name.lower()
-    named = "uint32" if name.endswith(UINT32_SUFFIX) else "uint16" if name.endswith(UINT16_SUFFIX) else None
-    if dtype is not None and named is not None and dtype != named:
-        raise ValueError(f"{path} names a {named} file but dtype={dtype!r}")
-    if dtype is not None or named is not None:
-        return path, TOKEN_DTYPES[dtype or named]
-    if vocab_size <= np.iinfo(np.uint16).max + 1:
-        return path, TOKEN_DTYPES["uint16"]
-    return path.with_name(path.name[: -len(".bin")] + UINT32_SUFFIX), TOKEN_DTYPES["uint32"]
-
-
-def tokenizer_vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Ids the tokenizer knows: added tokens count (len), and so do padded embedding rows (vocab_size)."""
-    return max(len(tokenizer), tokenizer.vocab_size or 0)
-
-
-def _check_token_ids(tokens: _MemmapTokens, num_tokens: int, vocab_size: int) -> None:
+def _check_token_ids(tokens: MemmapTokens, num_tokens: int, vocab_size: int) -> None:
     """Refuse a file written with another tokenizer or read with the wrong width, chunk by chunk."""
     largest = 0
     for start in range(0, num_tokens, _SCAN_CHUNK):

@@ -29,9 +29,9 @@ from peft import PeftModel
 from transformers import AutoConfig
 
 from longctx.checkpoints import ADAPTER_CONFIG_FILE
-from longctx.extract_lora import REPORT_FILE as EXTRACTION_REPORT_FILE
 from longctx.lora import TRAINABLE_PARAMS_FILE, check_adapter_fits, load_trainable_params, trainable_params_path
-from longctx.modeling import _atomic_save, load_model_and_tokenizer, resolve_model_path
+from longctx.lora_extraction import REPORT_FILE as EXTRACTION_REPORT_FILE
+from longctx.modeling import load_model_and_tokenizer, resolve_model_path, save_model_and_tokenizer
 from longctx.outputs import check_output_folder
 from longctx.rope import context_window
 from longctx.special_tokens import add_tokens_for_trainable_params
@@ -74,7 +74,7 @@ def check_adapter_folder(folder: str | Path, require_trainable_params: bool | No
 
 def trained_length(folder: str | Path) -> int | None:
     """The length an adapter was made for: its training record, fine-tune.py's results file (beside it or one folder up),
-    or the tuned model's window recorded by longctx.extract_lora; None when neither is there."""
+    or the tuned model's window recorded by longctx.lora_extraction; None when neither is there."""
     folder = Path(folder)
     record = read_record(folder)
     if record is not None:
@@ -180,5 +180,5 @@ def merge_and_save(
     )
     model = merge_adapters(model, adapter_folders, require_trainable_params, tokenizer)
     tokenizer.model_max_length = context_size
-    _atomic_save(model, tokenizer, save_path)
+    save_model_and_tokenizer(model, tokenizer, save_path)
     return save_path

@@ -65,7 +65,7 @@ def smollm2_gguf_path() -> Path:
     return files[0]
 
 
-def _atomic_save(model, tokenizer, destination: Path) -> None:
+def save_model_and_tokenizer(model, tokenizer, destination: Path) -> None:
     """Write model + tokenizer to a temporary sibling folder, then rename: no half-written folder survives."""
     with atomic_folder(destination) as staging:
         model.save_pretrained(staging)
@@ -83,7 +83,7 @@ def converted_gguf_folder(gguf_file: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
     drop_quantization_record(model)  # the weights are already dequantised to float32
-    _atomic_save(model, tokenizer, folder)
+    save_model_and_tokenizer(model, tokenizer, folder)
     return folder
 
 

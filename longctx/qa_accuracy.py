@@ -15,67 +15,20 @@ supervised-fine-tune.py runs it before and after training; on its own, base mode
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
-from longctx.retrieval import answer_correct, generate_text
-from longctx.sft_data import Conversation, prompt_token_ids, read_records, to_conversation
-
-
-def load_questions(path: str | Path, max_questions: int | None = None, template: str = "chat") -> list[tuple[Conversation, str]]:
-    """(conversation, answer key) pairs, as `template` renders records; a record without an `answer` key
-    or a usable conversation is an error."""
-    questions = []
-    for number, record in read_records(path, flag="--eval_data_path")[:max_questions]:
-        conversation = to_conversation(record, template)
-        if isinstance(conversation, str) or not str(record.get("answer", "")).strip():
-            reason = conversation if isinstance(conversation, str) else "no 'answer' key"
-            raise ValueError(f"{path}: record {number} cannot be asked ({reason})")
-        questions.append((conversation, str(record["answer"])))
-    if not questions:
-        raise ValueError(f"{path}: no held-out question")
-    return questions
-
-
-@torch.no_grad()
-def qa_accuracy(model, tokenizer, questions, template: str = "chat", max_new_tokens: int = 32, progress: bool = True) -> dict:
-    """Greedy answers to every question; accuracy and each reply."""
-    was_training = model.training
-    model.eval()
-    answers = []
-    try:
-        for conversation, key in tqdm(questions, desc="held-out questions", unit="question", disable=not progress):
-            input_ids = prompt_token_ids(tokenizer, conversation, template)
-            began = time.perf_counter()
-            reply = generate_text(model, tokenizer, input_ids, max_new_tokens)
-            answers.append({
-                "tokens": len(input_ids),
-                "answer": key,
-                "reply": reply,
-                "correct": answer_correct(reply, key),
-                "seconds": time.perf_counter() - began,
-            })
-    finally:
-        model.train(was_training)
-    correct = sum(answer["correct"] for answer in answers)
-    return {"accuracy": correct / len(answers), "correct": correct, "questions": len(answers), "answers": answers}
+from longctx.args import QAAccuracyArguments, QACheckArguments
+from longctx.cli import parse_dataclasses, run_cli
+from longctx.io import write_json_atomic
+from longctx.modeling import load_for_inference, load_tokenizer, resolve_model_path
+from longctx.outputs import check_output_file
+from longctx.prompts import usable_template
+from longctx.qa_data import load_questions, qa_accuracy
 
 
 def main():
-    from longctx.args import QAAccuracyArguments, QACheckArguments
-    from longctx.cli import parse_dataclasses
-    from longctx.io import write_json_atomic
-    from longctx.modeling import load_for_inference
-    from longctx.outputs import check_output_file
-
     model_args, check_args = parse_dataclasses((QAAccuracyArguments, QACheckArguments), __doc__)
     if not check_args.eval_data_path:
         raise ValueError("--eval_data_path is required: held-out questions from python -m longctx.build_qa_data")
-    from longctx.modeling import load_tokenizer, resolve_model_path
-    from longctx.prompts import usable_template
-
     inputs = {"--eval_data_path": check_args.eval_data_path}
     check_output_file("--output_json", model_args.output_json, inputs, model_args.overwrite)
     tokenizer = load_tokenizer(resolve_model_path(model_args.base_model, model_args.cache_dir), model_args.cache_dir)
@@ -98,6 +51,4 @@ def main():
 
 
 if __name__ == "__main__":
-    from longctx.cli import run_cli
-
     run_cli(main)

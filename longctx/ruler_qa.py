@@ -3,7 +3,7 @@
 RULER asks SQuAD questions (qa_1, one supporting paragraph) and HotpotQA questions (qa_2, two) among
 distractor paragraphs of the same datasets, downloaded. Here every document is a passage of book
 text (whole sentences, at least `PASSAGE_WORDS` words) and the facts to find are planted, as
-longctx.build_qa_data does for SFT, so nothing is downloaded and no answer is in the model's memory:
+longctx.qa_data does for SFT, so nothing is downloaded and no answer is in the model's memory:
 
 - qa_1 (single hop): "The red box was hidden in Lisbon." / "The red box was found by Orla Fennimore."
   in one passage; two more passages carry the same kind of fact about other things.
@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from longctx.build_qa_data import ADJECTIVES, OBJECTS, PLACES
+from longctx.qa_data import ADJECTIVES, OBJECTS, PLACES
 from longctx.retrieval import split_sentences
 from longctx.ruler_synthetic import Draft, depths_in
 

@@ -2,7 +2,7 @@
 
 Documents (.txt files, folders of them, .jsonl lines with a `text` field, saved datasets) are
 tokenized without special tokens and joined with EOS, as fine-tune.py reads text; ids never wrap
-(longctx.data.write_token_file refuses ids that do not fit).
+(longctx.token_files.write_token_file refuses ids that do not fit).
 
     python -m longctx.tokenize_data --tokenizer smollm2 --input data/pg19_eval --output outputs/pg19_eval.bin
     python -m longctx.tokenize_data --tokenizer path/to/Llama-3-8B --input books/ --output books.bin
@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from longctx.cli import parse_dataclasses, run_cli
-from longctx.data import TOKEN_DTYPES, token_file_path, token_stream, tokenizer_vocab_size, write_token_file
 from longctx.modeling import DEFAULT_MODEL, load_tokenizer, resolve_model_path
 from longctx.outputs import check_output_file
+from longctx.token_files import TOKEN_DTYPES, token_file_path, tokenize_to_file, tokenizer_vocab_size
 
 
 @dataclass
@@ -37,15 +37,6 @@ class TokenizeDataArguments:
             raise ValueError(f"--input {self.input} is already a token file; give text")
         if not self.output.lower().endswith(".bin"):
             raise ValueError(f"--output {self.output} must end in .bin (or .u32.bin)")
-
-
-def tokenize_to_file(input_path: str, output: str, tokenizer, dtype: str | None = None, max_tokens: int | None = None):
-    """Tokenize text sources into one token file; returns (path written, number of tokens, dtype name)."""
-    vocab_size = tokenizer_vocab_size(tokenizer)
-    tokens = token_stream(input_path, tokenizer, max_tokens=max_tokens, flag="--input")
-    path = write_token_file(tokens, output, vocab_size=vocab_size, dtype=dtype)
-    width = "uint32" if path.name.lower().endswith(".u32.bin") or dtype == "uint32" else "uint16"
-    return path, len(tokens), width
 
 
 def main():

@@ -16,8 +16,8 @@ from longctx.data import (
     default_eval_data,
     default_pretraining_data,
     load_pretraining_dataset,
-    write_token_file,
 )
+from longctx.token_files import write_token_file
 
 WORDS = [f"w{i}" for i in range(40)]
 UNK_ID, EOS_ID = 0, 1

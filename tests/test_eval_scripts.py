@@ -91,7 +91,7 @@ def test_bad_flags_give_one_line(capsys, tiny_model_dir, args, message):
 
 
 def test_bad_data_gives_one_line(capsys, tiny_model_dir, tmp_path):
-    from longctx.data import write_token_file
+    from longctx.token_files import write_token_file
 
     short = write_token_file(list(range(50)), tmp_path / "short.bin", vocab_size=320)
     line = run_script_expecting_error(capsys, "eval.py", "--base_model", str(tiny_model_dir), "--data_path", str(short), "--seq_len", "64")
@@ -132,7 +132,7 @@ class WideTokenizer:
 
 
 def test_tokenize_data_switches_to_uint32_and_never_wraps(tmp_path):
-    from longctx.tokenize_data import tokenize_to_file
+    from longctx.token_files import tokenize_to_file
 
     (tmp_path / "a.txt").write_text("abc", encoding="utf-8")
     path, count, width = tokenize_to_file(str(tmp_path / "a.txt"), str(tmp_path / "wide.bin"), WideTokenizer())

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from longctx.data import token_stream, write_token_file
+from longctx.data import token_stream
 from longctx.evaluation import Window, evaluate_perplexity, plan_windows
 from longctx.modeling import load_for_inference
+from longctx.token_files import write_token_file
 from tests.tiny_models import save_moved_adapter, tiny_llama
 
 VOCAB = 128

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from longctx.cli import run_cli
-from longctx.extract_lora import extract_lora, low_rank_factors, main, save_extracted
+from longctx.extract_lora import main
+from longctx.lora_extraction import extract_lora, low_rank_factors, save_extracted
 from longctx.merging import merge_adapters
 from longctx.modeling import load_model_and_tokenizer
 from longctx.rope import extend_context

@@ -94,7 +94,7 @@ def test_bad_input_gives_one_line(capsys, tmp_path, tiny_model_dir, args, messag
 
 
 def test_token_ids_beyond_vocabulary_are_refused(capsys, tmp_path, tiny_model_dir):
-    from longctx.data import write_token_file
+    from longctx.token_files import write_token_file
 
     path = write_token_file(list(range(1000)) * 2, tmp_path / "tokens.bin", vocab_size=65536)
     base = ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "run"), "--max_steps", "1"]

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from longctx.build_qa_data import build_records
 from longctx.loss import IGNORE_INDEX
+from longctx.qa_data import build_records
 from longctx.retrieval import split_sentences
 from longctx.sft_data import load_sft_samples, prompt_token_ids, to_conversation, tokenize_conversation
 from tests.tiny_models import BOOKS, tiny_tokenizer
@@ -145,7 +145,7 @@ def test_smollm2_chat_template_answer_labels():
 
 
 def test_garbage_files_are_named_in_the_error(tmp_path):
-    from longctx.qa_accuracy import load_questions
+    from longctx.qa_data import load_questions
     from longctx.sft_data import read_records
 
     (tmp_path / "train.json").write_bytes(b"\xff\xfe\x00garbage" * 10)
