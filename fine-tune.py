@@ -33,8 +33,8 @@ from longctx.attention import disable_s2_attn
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.data import collate_rows, default_eval_data, default_pretraining_data, load_pretraining_dataset
 from longctx.evaluation import rows_perplexity
+from longctx.resuming import check_output_dir
 from longctx.trainer import (
-    check_output_dir,
     continued_adapter,
     load_training_model,
     prepare_for_training,

@@ -34,10 +34,10 @@ from longctx.cli import parse_dataclasses, run_cli
 from longctx.plots import plot_loss_curve
 from longctx.prompts import usable_template
 from longctx.qa_data import load_questions, qa_accuracy
+from longctx.resuming import check_output_dir
 from longctx.sft_batching import SortedBatchSampler, build_sft_dataset, collate_sft
 from longctx.sft_data import load_sft_samples
 from longctx.trainer import (
-    check_output_dir,
     continued_adapter,
     load_training_model,
     prepare_for_training,

@@ -29,6 +29,7 @@ import torch
 from peft import PeftConfig
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from longctx.adapter_fit import adapter_weight_shapes, check_adapter_weights
 from longctx.errors import first_line
 from longctx.internals import OPTIMIZER_NAME, TRAINER_STATE_NAME
 from longctx.io import write_json_atomic
@@ -37,8 +38,6 @@ from longctx.lora import (
     ADAPTER_WEIGHTS_FILES,
     LONGLORA_TRAINABLE_PARAMS_FILE,
     TRAINABLE_PARAMS_FILE,
-    adapter_weight_shapes,
-    check_adapter_weights,
     check_trainable_params,
     parse_names,
     parse_parameter_name,

@@ -28,8 +28,9 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import AutoConfig
 
+from longctx.adapter_fit import check_adapter_fits
 from longctx.checkpoints import ADAPTER_CONFIG_FILE
-from longctx.lora import TRAINABLE_PARAMS_FILE, check_adapter_fits, load_trainable_params, trainable_params_path
+from longctx.lora import TRAINABLE_PARAMS_FILE, load_trainable_params, trainable_params_path
 from longctx.lora_extraction import REPORT_FILE as EXTRACTION_REPORT_FILE
 from longctx.modeling import load_model_and_tokenizer, resolve_model_path, save_model_and_tokenizer
 from longctx.outputs import check_output_folder

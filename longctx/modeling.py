@@ -246,10 +246,10 @@ def load_for_inference(
     (LongLoRA's added `[PAD]`) get the same tokens added first (longctx.special_tokens).
     `load_options` go to `load_model_and_tokenizer` (e.g. `device_map="auto"`, `cache_dir`).
     """
+    from longctx.adapter_fit import check_adapter_fits
     from longctx.lora import (
         ADAPTER_CONFIG_FILE,
         TRAINABLE_PARAMS_FILE,
-        check_adapter_fits,
         load_trainable_params,
         trainable_params_path,
     )
