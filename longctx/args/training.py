@@ -1,0 +1,139 @@
+"""The training scripts' groups (fine-tune.py, supervised-fine-tune.py, progressive.py): model, data, the
+perplexity check, and TrainingArguments with LongLoRA's flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import TrainingArguments
+
+from longctx.args.fields import help_field
+from longctx.args.loading import LoadingArguments
+from longctx.modeling import DEFAULT_MODEL
+from longctx.rope import default_rope_method
+from longctx.stages import START_MODES
+
+
+@dataclass
+class ModelArguments(LoadingArguments):
+    """The model a training script starts from."""
+
+    model_name_or_path: str = help_field(
+        f"'{DEFAULT_MODEL}' (bundled SmolLM2-135M-Instruct), a local HF folder, a .gguf file or a cached hub id",
+        default=DEFAULT_MODEL,
+    )
+    start_from: str | None = help_field(
+        "an earlier run's output folder to train on from (progressive extension; its RoPE is the starting point)",
+        default=None,
+    )
+    start_mode: str = help_field(
+        "merge: merge the earlier stage(s) into the base and train a fresh LoRA; continue: train its adapter on",
+        default="merge",
+    )
+    model_type: str | None = help_field(
+        "LongLoRA's llama or gpt-neox, checked against the model (attention and LoRA targets follow the model)",
+        default=None,
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rope_method is None:
+            self.rope_method = default_rope_method(self.rope_options())
+        if self.start_mode not in START_MODES:
+            raise ValueError(f"--start_mode {self.start_mode} is not one of {', '.join(START_MODES)}")
+
+
+@dataclass
+class DataArguments:
+    data_path: str | None = help_field(
+        "training data: .txt files or folders, .jsonl (text field), token .bin/.u32.bin, or a saved datasets "
+        "folder; comma-separated for several (default: the bundled PG19 books in data/pg19)",
+        default=None,
+    )
+    token_dtype: str | None = help_field("dtype of .bin token files: uint16 or uint32 (default: from the suffix)", default=None)
+    max_train_rows: int | None = help_field("use at most this many training rows (default: all)", default=None)
+
+    def __post_init__(self):
+        if self.token_dtype not in (None, "uint16", "uint32"):
+            raise ValueError(f"--token_dtype {self.token_dtype} must be uint16 or uint32")
+        if self.max_train_rows is not None and self.max_train_rows <= 0:
+            raise ValueError(f"--max_train_rows must be positive (got {self.max_train_rows})")
+
+
+@dataclass
+class PerplexityCheckArguments:
+    """A quick perplexity check before and after training, on held-out text, with full attention."""
+
+    eval_data_path: str | None = help_field(
+        "held-out text for the before/after perplexity (default: the bundled evaluation book)", default=None
+    )
+    eval_seq_len: int | None = help_field("window length of the perplexity check (default: --model_max_length)", default=None)
+    eval_windows: int = help_field("number of windows in the perplexity check", default=1)
+    skip_eval: bool = help_field("skip the before/after perplexity check", default=False)
+
+    def __post_init__(self):
+        if self.eval_windows <= 0:
+            raise ValueError(f"--eval_windows must be positive (got {self.eval_windows})")
+        if self.eval_seq_len is not None and self.eval_seq_len <= 1:
+            raise ValueError(f"--eval_seq_len must be above 1 (got {self.eval_seq_len})")
+
+
+@dataclass
+class LongContextTrainingArguments(TrainingArguments):
+    """TrainingArguments plus LongLoRA's flags, with defaults for long-context LoRA+ on one machine."""
+
+    model_max_length: int = help_field("training sequence length in tokens (RoPE is scaled to reach it)", default=16384)
+    use_flash_attn: bool = help_field("use flash-attn's varlen kernel for S²-Attn (CUDA only; falls back to SDPA)", default=False)
+    use_full_attn: bool = help_field("train with full attention instead of S²-Attn", default=False)
+    group_size_ratio: float = help_field("S²-Attn group size as a fraction of the sequence length", default=0.25)
+    group_size: int | None = help_field("fixed S²-Attn group size in tokens (overrides --group_size_ratio)", default=None)
+    low_rank_training: bool = help_field("LoRA+ (True) or full fine-tuning (False)", default=True)
+    trainable_params: str = help_field("comma-separated name parts trained at full rank beside LoRA", default="embed,norm")
+    lora_r: int = help_field("LoRA rank", default=8)
+    lora_alpha: int = help_field("LoRA alpha (scale = alpha / r)", default=16)
+    lora_dropout: float = help_field("LoRA dropout", default=0.0)
+    lora_target: str | None = help_field(
+        "LoRA target modules, comma-separated, or all-linear (default: the attention projections, q/k/v/o_proj; "
+        "GPT-NeoX: query_key_value,dense as LongLoRA)",
+        default=None,
+    )
+    loss_chunk_size: int = help_field("positions per chunk of the output-head + loss computation", default=2048)
+
+    output_dir: str | None = help_field("where checkpoints and the final adapter go", default="outputs/fine-tune")
+    overwrite_output_dir: bool = help_field(
+        "write into a --output_dir that already holds files (another run's adapter and checkpoints are replaced)",
+        default=False,
+    )
+    per_device_train_batch_size: int = help_field("batch size per device", default=1)
+    learning_rate: float = help_field("peak learning rate", default=2e-5)
+    weight_decay: float = help_field("AdamW weight decay", default=0.0)
+    lr_scheduler_type: str = help_field("learning rate schedule", default="constant_with_warmup")
+    logging_steps: float = help_field("log every N steps", default=1)
+    save_steps: float = help_field("save a checkpoint every N steps", default=50)
+
+    def __post_init__(self):
+        if self.model_max_length <= 0:
+            raise ValueError(f"--model_max_length must be above zero (got {self.model_max_length})")
+        if not 0 < self.group_size_ratio <= 1:
+            raise ValueError(f"--group_size_ratio must be in (0, 1] (got {self.group_size_ratio})")
+        if self.group_size is not None and (self.group_size < 2 or self.group_size % 2):
+            raise ValueError(f"--group_size must be an even number >= 2 (got {self.group_size})")
+        if self.lora_r <= 0:
+            raise ValueError(f"--lora_r must be positive (got {self.lora_r})")
+        if self.loss_chunk_size <= 0:
+            raise ValueError(f"--loss_chunk_size must be positive (got {self.loss_chunk_size})")
+        # transformers 5.2x renamed gradient_checkpointing* to activation_checkpointing* and warns on the old names
+        name = "activation_checkpointing" if hasattr(self, "activation_checkpointing") else "gradient_checkpointing"
+        if self.gradient_checkpointing is None and getattr(self, "activation_checkpointing", None) is None:
+            setattr(self, name, True)  # long rows do not fit without it
+        if self.gradient_checkpointing_kwargs is None and getattr(self, "activation_checkpointing_kwargs", None) is None:
+            setattr(self, f"{name}_kwargs", {"use_reentrant": False})
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on every loader otherwise
+            if self.tf32:  # LongLoRA's commands pass --tf32 True, which transformers refuses without an NVIDIA GPU
+                print("--tf32 True ignored: TF32 matmuls need an NVIDIA GPU", flush=True)
+                self.tf32 = None
+            if self.bf16:  # transformers takes --bf16 True (bfloat16 autocast) on a CPU only with --use_cpu
+                self.use_cpu = True
+        super().__post_init__()
