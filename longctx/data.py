@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 from tqdm.auto import tqdm
 
-from longctx.text_files import read_jsonl, read_text_file, text_files
+from longctx.text_files import read_jsonl, read_text_file, split_paths, text_files
 from longctx.token_files import TOKEN_DTYPES, UINT32_SUFFIX, MemmapTokens, reader_dtype, tokenizer_vocab_size
 
 if TYPE_CHECKING:
@@ -163,19 +163,6 @@ def _bundled_folder(name: str) -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # Sources
-
-
-def split_paths(data_path: str | Path | Sequence[str | Path], flag: str = "--data_path") -> list[Path]:
-    """Paths from a path, a list, or a comma-separated string (a name holding a comma still works)."""
-    items = [data_path] if isinstance(data_path, str | Path) else list(data_path)
-    paths: list[Path] = []
-    for item in items:
-        text = str(item)
-        pieces = [text] if "," not in text or Path(text).exists() else text.split(",")
-        paths.extend(Path(piece.strip()) for piece in pieces if piece.strip())
-    if not paths:
-        raise ValueError(f"{flag} names no file or folder: {data_path!r}")
-    return paths
 
 
 def _resolve_source(path: Path, flag: str) -> _Source:

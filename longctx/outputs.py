@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from longctx.data import split_paths
+from longctx.text_files import split_paths
 
 Inputs = Mapping[str, "str | os.PathLike | Iterable[str | os.PathLike] | None"]
 

@@ -1,5 +1,7 @@
 """Reading text and JSON Lines files: one reader per format, so every script fails the same way on bad bytes.
 
+A flag may name several paths, as a list or one comma-separated string (`split_paths`).
+
 Files are UTF-8, with or without a byte-order mark; a file that is not is one line naming it and the
 offset of the first bad byte. Folders are searched recursively in a fixed order, skipping hidden
 files and folders (`.ipynb_checkpoints`, editors' backups).
@@ -8,8 +10,21 @@ files and folders (`.ipynb_checkpoints`, editors' backups).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+
+def split_paths(data_path: str | Path | Sequence[str | Path], flag: str = "--data_path") -> list[Path]:
+    """Paths from a path, a list, or a comma-separated string (a name holding a comma still works)."""
+    items = [data_path] if isinstance(data_path, str | Path) else list(data_path)
+    paths: list[Path] = []
+    for item in items:
+        text = str(item)
+        pieces = [text] if "," not in text or Path(text).exists() else text.split(",")
+        paths.extend(Path(piece.strip()) for piece in pieces if piece.strip())
+    if not paths:
+        raise ValueError(f"{flag} names no file or folder: {data_path!r}")
+    return paths
 
 
 def read_text_file(path: str | Path, label: str = "") -> str:
