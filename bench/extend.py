@@ -12,7 +12,10 @@ length, gets one forward per length). Methods:
   (dynamic only past the window: within it, it is the native model);
 - dca: Dual Chunk Attention without training (ChunkLlama), to the longest length;
 - trained: the --peft_model folder as it was trained (its longctx_training.json), up to its length;
-- trained+dca: the same with DCA in units of its training length, to the longest length.
+- trained+dca: the same with DCA in units of its training length, to the longest length;
+- trained+sliding: the same weights and RoPE through windows of the native length advancing by half
+  (as sliding): what the trained model gets without the far context, so trained below it means the
+  far text helps, not only the training text.
 
 Results go to --output_json after every (book, method), finished pairs are skipped on a re-run, and a
 PNG of perplexity against length (mean over books) goes beside it:
@@ -38,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_BOOKS = ",".join(f"data/pg19_eval/pg19test_{book}.txt" for book in ("29973", "30752", "41603"))
 DEFAULT_METHODS = "native,sliding,linear:2,dynamic:2,yarn:2,theta:2,dca,trained,trained+dca"
-TRAINED = ("trained", "trained+dca")
+TRAINED = ("trained", "trained+dca", "trained+sliding")
+SLIDING = ("sliding", "trained+sliding")
 
 
 def parse_args(argv=None):
@@ -60,7 +64,7 @@ def parse_args(argv=None):
     args.methods = [method.strip() for method in args.methods.split(",") if method.strip()]
     args.books = [book.strip() for book in args.books.split(",") if book.strip()]
     if any(method in TRAINED for method in args.methods) and not args.peft_model:
-        parser.error("methods trained and trained+dca need --peft_model")
+        parser.error(f"methods {', '.join(TRAINED)} need --peft_model")
     return args
 
 
@@ -73,7 +77,7 @@ def reach(args, method: str, native_window: int, trained_length: int | None) -> 
         return trained_length
     if factor:
         return round(native_window * float(factor))
-    return args.seq_lens[-1]  # sliding, dca, trained+dca: any length
+    return args.seq_lens[-1]  # sliding, dca, trained+dca, trained+sliding: any length
 
 
 def load(args, method: str, context_size: int):
@@ -82,15 +86,17 @@ def load(args, method: str, context_size: int):
     name, _, factor = method.partition(":")
     if name in ("native", "sliding", "dca"):
         return load_for_inference(args.model, rope_method="none", dca=name == "dca")
+    if name == "trained+sliding":  # RoPE exactly as trained, whatever the lengths read
+        return load_for_inference(args.model, peft_model=args.peft_model)
     if name in TRAINED:
         return load_for_inference(args.model, peft_model=args.peft_model, context_size=context_size, dca=name == "trained+dca")
     return load_for_inference(args.model, context_size=context_size, rope_method=name, rope_options={"factor": float(factor)})
 
 
 def method_losses(args, method: str, input_ids, lengths: list[int], native_window: int) -> dict[int, float]:
-    if method == "sliding":
+    if method in SLIDING:
         model, _ = load(args, method, lengths[-1])
-        return sliding_window_losses(model, input_ids, lengths, model.config.max_position_embeddings)
+        return sliding_window_losses(model, input_ids, lengths, native_window)
     if method.startswith("dynamic"):  # length-dependent: a fresh model and forward per length past the window
         means = {}  # (within the window dynamic NTK does not scale: it is the native model there)
         for length in [length for length in lengths if length > native_window]:
