@@ -275,12 +275,15 @@ def check_split_outputs(checkpoint: str | Path, output_dir: str | Path, trainabl
     (rewriting its files could only lose weights that --trainable_params leaves out).
     """
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    in_place = output_dir.is_dir() and os.path.samefile(checkpoint, output_dir)
     if checkpoint_layout(checkpoint) == "split":
-        if output_dir.is_dir() and os.path.samefile(checkpoint, output_dir):
+        if in_place:
             return False
         read = [checkpoint / name for name in (*ADAPTER_WEIGHTS_FILES, TRAINABLE_PARAMS_FILE, LONGLORA_TRAINABLE_PARAMS_FILE)]
     else:
         read = []
+    if in_place:  # LongLoRA's default: the split files go into the checkpoint they are read from, replacing
+        return True  # the Trainer's own copies of the same weights (adapter_config.json is the one read)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"--output_dir {output_dir} is a file, not a folder")
     names = [ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE] + ([TRAINABLE_PARAMS_FILE] if parse_names(trainable_params) else [])

@@ -160,8 +160,9 @@ def merge_and_save(
         raise ValueError(f"--context_size is required: no adapter folder holds {RECORD_FILE} saying its training length")
     elif context_size is None:
         context_size = window  # plain LoRA adapters without a record (Gradient's): the base model's RoPE as it is
-    if context_size < window:
-        raise ValueError(f"--context_size {context_size} is below the base model's window of {window} tokens")
+    if context_size < window:  # LongLoRA's merge scales RoPE only past the window
+        print(f"--context_size {context_size} is below the base model's window of {window} tokens: RoPE kept as it is")
+        context_size = window
     for folder in adapter_folders:
         length = trained_length(folder)
         if length is not None and context_size < length:

@@ -132,8 +132,8 @@ def add_tokens_for_trainable_params(model, tokenizer, trainable: str | Path | di
         path = (trainable_params_path(path) or path) if path.is_dir() else path
         source, rows = path, _rows_in_file(path, name) if path.is_file() else None
     model_rows = model.get_input_embeddings().weight.shape[0]
-    if rows is None or rows == model_rows:
-        return 0
+    if rows is None or rows <= model_rows:  # fewer rows than the model: no added token explains them, the
+        return 0  # loader's shape check names the mismatch
     before = len(tokenizer)
     added = {}
     for token_name, token in missing_special_tokens(tokenizer).items():

@@ -93,15 +93,19 @@ def expected_conversation(model_dir, document: str, questions: list[str], window
     return [session.ask(turn), *(session.ask(question) for question in questions[1:])]
 
 
-def test_concurrent_sessions_each_get_answers_about_their_own_document(tiny_model_dir, tmp_path):
+def test_concurrent_sessions_each_get_answers_about_their_own_document(tmp_path):
     """Four clients at once, each with its own upload and two questions: every answer is the one its
     conversation gets alone (no KV cache or material shared), and the queue reports positions."""
     import threading
 
     from gradio_client import Client, handle_file
 
+    from tests.tiny_models import save_tiny_model
+
     questions = ["Which pass key opened the vault?", "And who else knew it?"]
-    expected = [expected_conversation(tiny_model_dir, text, questions, 256, 24) for text in DOCUMENTS]
+    # untied: a tiny random model with tied embeddings echoes its last input token, the same "\n" for every document
+    model_dir = save_tiny_model(tmp_path / "untied", seed=1, tie_word_embeddings=False)
+    expected = [expected_conversation(model_dir, text, questions, 384, 24) for text in DOCUMENTS]
     assert len({answers[0] for answers in expected}) > 1  # the documents lead to different answers
     answers, positions, failures = [None] * len(DOCUMENTS), [], []
     barrier = threading.Barrier(len(DOCUMENTS))
@@ -123,7 +127,7 @@ def test_concurrent_sessions_each_get_answers_about_their_own_document(tiny_mode
             barrier.abort()
 
     with running_demo(
-        "--base_model", tiny_model_dir, "--context_size", "256", "--max_gen_len", "24", "--temperature", "0"
+        "--base_model", model_dir, "--context_size", "384", "--max_gen_len", "24", "--temperature", "0"
     ) as url:
         threads = [threading.Thread(target=client_session, args=(index, url)) for index in range(len(DOCUMENTS))]
         for thread in threads:

@@ -150,7 +150,7 @@ def test_weights_that_do_not_fit_the_model_are_one_line_before_anything_is_score
 
     def error(adapter):
         return run_script_expecting_error(
-            capsys, "eval.py", "--base_model", tiny_model_dir, "--peft_model", adapter, *COMMON[:4], "--seq_len", "32"
+            capsys, "eval.py", "--base_model", tiny_model_dir, "--peft_model", adapter, *COMMON[:4], "--seq_len", "32", "--sliding_window", "24"
         )
 
     one_layer = save_tiny_model(tmp_path / "one-layer-model", num_hidden_layers=1)

@@ -156,9 +156,6 @@ def test_bad_input_fails_with_one_line_and_leaves_nothing(tiny_model_dir, tmp_pa
     # the first adapter merges fine, the second fails: no half-merged model may appear
     line = merge_error("--peft_model", good, foreign, "--context_size", CONTEXT)
     assert "adapter built for another base model" in line and "_proj" in line
-    assert merge_error("--peft_model", good, "--context_size", 32).endswith(
-        "--context_size 32 is below the base model's window of 64 tokens"
-    )
     assert "not a PEFT adapter folder" in merge_error("--peft_model", tmp_path / "missing", "--context_size", CONTEXT)
     torn = make_adapter(tiny_model_dir, tmp_path / "torn", seed=1)
     (torn / "adapter_model.safetensors").write_bytes(b"not safetensors")
@@ -186,3 +183,14 @@ def test_real_smollm2_round_trip(tmp_path):
     got = merged_logits(save_path, input_ids)
     # 30 layers of float32 with logits around 10-30: the merge reorders sums, so allow float32 noise
     assert (got - expected).abs().max().item() < 5e-4  # measured 9.5e-5 with logits up to 40
+
+
+def test_context_size_below_the_window_keeps_rope_as_longlora_does(tiny_model_dir, tmp_path, capsys):
+    """LongLoRA's merge scales RoPE only past the model's window: a smaller --context_size keeps it as it is."""
+    good = make_adapter(tiny_model_dir, tmp_path / "good", seed=0)
+    run_script(MERGE, "--base_model", tiny_model_dir, "--peft_model", good, "--save_path", tmp_path / "merged", "--context_size", 32)
+    merged = json.loads((tmp_path / "merged" / "config.json").read_text())
+    base = json.loads((tiny_model_dir / "config.json").read_text())
+    assert merged["max_position_embeddings"] == base["max_position_embeddings"] == 64
+    assert merged.get("rope_parameters") == base.get("rope_parameters")
+    assert "--context_size 32 is below the base model's window of 64 tokens: RoPE kept as it is" in capsys.readouterr().out

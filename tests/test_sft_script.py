@@ -68,17 +68,17 @@ def test_bad_input_gives_one_line(capsys, tiny_model_dir, tmp_path):
     lines = tmp_path / "chat.jsonl"
     lines.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n{oops\n')
     assert "chat.jsonl:2: invalid JSON" in run_script_expecting_error(
-        capsys, "supervised-fine-tune.py", "--model_name_or_path", tiny_model_dir, "--data_path", lines, "--output_dir", tmp_path
+        capsys, "supervised-fine-tune.py", "--model_name_or_path", tiny_model_dir, "--data_path", lines, "--output_dir", tmp_path / "out"
     )
     unusable = tmp_path / "unusable.json"
     unusable.write_text(json.dumps([{"instruction": "no answer"}, {"messages": []}]))
     message = run_script_expecting_error(
-        capsys, "supervised-fine-tune.py", "--model_name_or_path", tiny_model_dir, "--data_path", unusable, "--output_dir", tmp_path
+        capsys, "supervised-fine-tune.py", "--model_name_or_path", tiny_model_dir, "--data_path", unusable, "--output_dir", tmp_path / "out"
     )
     assert "no usable sample" in message and "missing 'output'" in message and "empty 'messages'" in message
-    assert "--data_path is required" in run_script_expecting_error(capsys, "supervised-fine-tune.py", "--output_dir", tmp_path)
+    assert "--data_path is required" in run_script_expecting_error(capsys, "supervised-fine-tune.py", "--output_dir", tmp_path / "out")
     assert "--batch_method" in run_script_expecting_error(
-        capsys, "supervised-fine-tune.py", "--data_path", unusable, "--batch_method", "bucket", "--output_dir", tmp_path
+        capsys, "supervised-fine-tune.py", "--data_path", unusable, "--batch_method", "bucket", "--output_dir", tmp_path / "out"
     )
 
 

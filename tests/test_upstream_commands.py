@@ -187,7 +187,7 @@ def test_longlora_readme_commands_run_with_only_paths_and_sizes_changed(base_mod
     ]
     (tmp_path / "LongAlpaca-16k-length.json").write_text(json.dumps(records), encoding="utf-8")
     (tmp_path / "outputs_stream.json").write_text(json.dumps([{"instruction": r["instruction"]} for r in records[:2]]))
-    (tmp_path / "material.txt").write_text(book[:600], encoding="utf-8")
+    (tmp_path / "material.txt").write_text(book[:200], encoding="utf-8")  # fits the 256-token window
     paths = {
         "path_to/Llama-2-7b-hf": base_model, "path_to_Llama2_chat_models": base_model,
         "path_to_cache": tmp_path / "hf-cache", "pg19/test.bin": tmp_path / "pg19" / "test.bin",
@@ -213,8 +213,9 @@ def test_longlora_readme_commands_run_with_only_paths_and_sizes_changed(base_mod
     run(MERGE, {**paths, "path_to_saving_checkpoints": checkpoint, "path_to_saving_merged_model": merged})
     assert (merged / "config.json").exists()
     for command in (EVAL_LORA, EVAL_DISTRIBUTED_LORA):
-        run(command, {**paths, "path_to_saving_checkpoints": checkpoint})
-        assert "perplexity" in capsys.readouterr().out
+        lines = run(command, {**paths, "path_to_saving_checkpoints": checkpoint})
+        printed = "\n".join(lines) if command.strip().startswith("torchrun") else capsys.readouterr().out  # torchrun: a subprocess
+        assert "perplexity" in printed
     # "supervised-fine-tune.py can be replaced by supervised-fine-tune-qlora.py" (LongLoRA's README)
     run(SUPERVISED_FINE_TUNE, {**paths, "path_to_saving_checkpoints": tmp_path / "qlora"}, "supervised-fine-tune-qlora.py")
     assert (tmp_path / "qlora" / "adapter_config.json").exists()
@@ -222,7 +223,7 @@ def test_longlora_readme_commands_run_with_only_paths_and_sizes_changed(base_mod
     # Passkey retrieval, inference, the demo and streaming on the merged model
     reading = {**paths, "path_to/Llama-2-7b-longlora-32k": merged, "path_to_model": merged}
     run(PASSKEY, reading)
-    assert "passkey" in capsys.readouterr().out.lower()
+    assert "| accuracy |" in capsys.readouterr().out  # the accuracy table by length
     run(INFERENCE, reading)
     assert "material:" in capsys.readouterr().err
     launched = {}
