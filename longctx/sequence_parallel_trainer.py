@@ -1,0 +1,112 @@
+"""LongContextTrainer under sequence parallelism: batches, loss and its scale over shards of rows.
+
+DeepSpeed's `UlyssesSPDataLoaderAdapter` (added by the Trainer) gathers one batch from each process
+of a group and hands every process its shard of each, one after the other; it shifts the labels
+before cutting (`shift_labels`), since a shard's last target is the next shard's first token.
+`UlyssesBatches` makes a batch fit that contract, `SequenceParallelTrainer` computes the chunked loss
+on a shard and scales it so that the gradients DeepSpeed reduces equal one process's on whole rows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from longctx.loss import IGNORE_INDEX, chunked_loss_sum, decoder_and_head, final_hidden_states
+from longctx.trainer import LongContextTrainer
+
+
+class UlyssesBatches:
+    """Wrap a collator so its batches shard correctly.
+
+    Position ids are added where a batch has none (every token keeps its place in the row after the
+    cut), loss weights are shifted like the labels (`shift_loss_weights`), and the sequence count
+    becomes a plain number, copied to every shard rather than cut.
+    """
+
+    def __init__(self, collator, size: int):
+        self.collator, self.size = collator, size
+
+    def __call__(self, features):
+        batch = dict(self.collator(features))
+        rows, length = batch["input_ids"].shape
+        if length % self.size:
+            raise ValueError(f"a batch of {length} tokens per row cannot be cut into {self.size} equal shards")
+        mask = batch.pop("attention_mask", None)
+        if mask is not None and not bool(mask.all()):
+            raise ValueError("rows with a padding mask cannot be cut into shards: pad with a document of their own")
+        if "position_ids" not in batch:
+            batch["position_ids"] = torch.arange(length).repeat(rows, 1)
+        if "loss_weights" in batch:
+            batch["shift_loss_weights"] = F.pad(batch.pop("loss_weights")[:, 1:], (0, 1))
+        if "num_sequences" in batch:
+            batch["num_sequences"] = int(batch["num_sequences"])
+        return batch
+
+
+def sequence_parallel_group():
+    from deepspeed.runtime.sequence_parallel import parallel_state_sp
+
+    return parallel_state_sp.get_sequence_parallel_group()
+
+
+def reported_for_group(loss: torch.Tensor) -> torch.Tensor:
+    """The loss of the whole row (the sum over the group's shards) as its value, this shard's as its gradient.
+
+    The Trainer logs the mean over processes of what compute_loss returns; every process of a group
+    then reports its rows' loss, while each backward pass still starts from its own shard.
+    """
+    total = loss.detach().clone()
+    torch.distributed.all_reduce(total, group=sequence_parallel_group())
+    return loss + (total - loss.detach())
+
+
+class SequenceParallelTrainer(LongContextTrainer):
+    """LongContextTrainer on DeepSpeed Ulysses (`--sequence_parallel_size` > 1).
+
+    Scale: DeepSpeed sums the gradients of all processes and divides by the data-parallel size
+    (processes / group size). Each process's backward pass gives its share of the gradient of the
+    sum of its group's shard losses, so a shard's loss sum, times the data-parallel size, over the
+    targets (or sequences, with LongAlign's weighting) of the whole step across all processes, gives
+    exactly one process's gradient of the same rows.
+    """
+
+    def __init__(self, *args, data_collator=None, **kwargs):
+        from longctx.sequence_parallel import ulysses_parallelism_config
+
+        train_args = kwargs["args"]
+        self.sequence_parallel_size = train_args.sequence_parallel_size
+        train_args.parallelism_config = ulysses_parallelism_config(self.sequence_parallel_size, train_args.world_size)
+        super().__init__(*args, data_collator=UlyssesBatches(data_collator, self.sequence_parallel_size), **kwargs)
+
+    def train(self, *args, **kwargs):
+        from longctx.sequence_parallel import ulysses_attention
+
+        with ulysses_attention(self.model, self.args.parallelism_config.sp_handler):
+            return super().train(*args, **kwargs)
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        """Target tokens (or sequences) of the step's rows over all processes, each row counted once.
+
+        A row's targets are spread over its shards; its sequence count is copied to each of them.
+        """
+        if not batch_samples:
+            return None
+        if "num_sequences" in batch_samples[0]:
+            count = sum(batch["num_sequences"] for batch in batch_samples)
+            copies = self.sequence_parallel_size
+        else:
+            count = sum(int((batch["shift_labels"] != IGNORE_INDEX).sum()) for batch in batch_samples)
+            copies = 1
+        counts = self.accelerator.gather(torch.tensor([count], dtype=torch.float64, device=device))
+        return counts.sum() / copies
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        hidden_states = final_hidden_states(model, input_ids=inputs["input_ids"], position_ids=inputs["position_ids"])
+        _, lm_head = decoder_and_head(model)
+        loss_sum = chunked_loss_sum(
+            hidden_states, inputs["shift_labels"], lm_head, inputs.get("shift_loss_weights"), self.loss_chunk_size
+        )
+        data_parallel_size = self.args.world_size // self.sequence_parallel_size
+        loss = reported_for_group(loss_sum * data_parallel_size / num_items_in_batch.clamp(min=1).to(loss_sum.dtype))
+        return (loss, None) if return_outputs else loss
