@@ -9,7 +9,7 @@ back (Jacobs et al., "DeepSpeed Ulysses", 2023; ALST, 2025). The engine is the o
 GPUs, and on CPUs over gloo); processes beyond one group are data parallel.
 
 What this module adds around it, so that training is the same function of the weights as on one process:
-- the sizes are checked before any model loads (`check_sequence_parallel`);
+- the sizes are checked before any model loads (`check_rows_split`, `check_heads_split`);
 - S²-Attn, after the all-to-all, shifts the model's second half of the heads, wherever they landed
   (`first_local_head`, read by longctx.attention.first_shifted_head);
 - full attention keeps packed documents apart: DeepSpeed drops the masks (each was built for one
@@ -22,6 +22,7 @@ The loss and data side is longctx.sequence_parallel_trainer.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import torch
@@ -32,14 +33,14 @@ DOCUMENTS_ATTENTION = "causal_documents"
 
 
 def sequence_parallel_arguments(train_args) -> None:
-    """Settings --sequence_parallel_size needs, set before TrainingArguments reads them.
+    """Check --sequence_parallel_size against the run (`check_rows_split`) and set what it needs
+    before TrainingArguments reads it.
 
     Ulysses runs inside DeepSpeed's engine: without --deepspeed the bundled ZeRO-2 config is used.
     DeepSpeed fixes the micro-batch shape, so with several rows per batch a short last batch is dropped.
     """
     size = train_args.sequence_parallel_size
-    if size < 1:
-        raise ValueError(f"--sequence_parallel_size must be at least 1 (got {size})")
+    check_rows_split(size, int(os.environ.get("WORLD_SIZE", "1")), train_args.model_max_length)
     if size == 1:
         return
     if not train_args.deepspeed:
@@ -51,30 +52,32 @@ def sequence_parallel_arguments(train_args) -> None:
         train_args.dataloader_drop_last = True
 
 
-def check_sequence_parallel_sizes(size: int, world_size: int, num_heads: int, num_kv_heads: int, length: int) -> None:
-    """One line naming both numbers when `size` cannot split this run; nothing when it can.
+def check_rows_split(size: int, world_size: int, length: int) -> None:
+    """One line naming both numbers unless groups of `size` processes can cut rows of `length` tokens.
 
-    The group must fit the processes, each process holds heads/size query heads after the all-to-all
-    (key/value heads are split the same way, or repeated when there are fewer than processes), and
-    every row is cut into equal shards.
+    `world_size` is what the launcher (torchrun, deepspeed) says, read before any process group exists.
     """
-    if size == 1:
-        return
-    if num_heads % size:
-        raise ValueError(f"--sequence_parallel_size {size} does not divide the model's {num_heads} attention heads")
-    if num_kv_heads % size and size % num_kv_heads:
-        raise ValueError(
-            f"--sequence_parallel_size {size} and the model's {num_kv_heads} key/value heads: "
-            "one must divide the other"
-        )
+    if size < 1:
+        raise ValueError(f"--sequence_parallel_size must be at least 1 (got {size})")
     if length % size:
         raise ValueError(f"--sequence_parallel_size {size} does not divide --model_max_length {length}")
     if world_size % size:
         raise ValueError(f"--sequence_parallel_size {size} does not divide the world size {world_size} (processes)")
 
 
+def check_heads_split(size: int, num_heads: int, num_kv_heads: int) -> None:
+    """One line naming both numbers unless each process can hold heads/size query heads after the all-to-all
+    (key/value heads are split the same way, or repeated when there are fewer of them than processes)."""
+    if num_heads % size:
+        raise ValueError(f"--sequence_parallel_size {size} does not divide the model's {num_heads} attention heads")
+    if num_kv_heads % size and size % num_kv_heads:
+        raise ValueError(
+            f"--sequence_parallel_size {size} and the model's {num_kv_heads} key/value heads: one must divide the other"
+        )
+
+
 def check_sequence_parallel(model_name_or_path: str, train_args, cache_dir: str | None = None) -> None:
-    """`check_sequence_parallel_sizes` for a run, from the model's config alone (no weights loaded)."""
+    """`check_heads_split` for a run, from the model's config alone (no weights loaded)."""
     if getattr(train_args, "sequence_parallel_size", 1) == 1:
         return
     from transformers import AutoConfig
@@ -84,13 +87,8 @@ def check_sequence_parallel(model_name_or_path: str, train_args, cache_dir: str 
     config = AutoConfig.from_pretrained(
         resolve_model_path(model_name_or_path, cache_dir), local_files_only=True, cache_dir=cache_dir
     ).get_text_config()
-    check_sequence_parallel_sizes(
-        train_args.sequence_parallel_size,
-        train_args.world_size,
-        config.num_attention_heads,
-        getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
-        train_args.model_max_length,
-    )
+    num_heads = config.num_attention_heads
+    check_heads_split(train_args.sequence_parallel_size, num_heads, getattr(config, "num_key_value_heads", None) or num_heads)
 
 
 def ulysses_parallelism_config(size: int, world_size: int):
