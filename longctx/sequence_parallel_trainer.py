@@ -9,6 +9,8 @@ on a shard and scales it so that the gradients DeepSpeed reduces equal one proce
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -42,6 +44,50 @@ class UlyssesBatches:
         if "num_sequences" in batch:
             batch["num_sequences"] = int(batch["num_sequences"])
         return batch
+
+
+def resumable_loader(adapter):
+    """DeepSpeed's UlyssesSPDataLoaderAdapter plus what the Trainer asks of a train loader.
+
+    `set_epoch` reaches the wrapped loader (each epoch its own order, as on one process), and
+    `skipping(n)` gives a loader past the first n shards a resumed run already trained on: whole
+    rows are skipped without reading them, then the rest of one gather of rows is dropped.
+    """
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPDataLoaderAdapter
+
+    class ResumableUlyssesLoader(UlyssesSPDataLoaderAdapter):
+        def set_epoch(self, epoch: int) -> None:
+            if hasattr(self.dl, "set_epoch"):
+                self.dl.set_epoch(epoch)
+
+        def skipping(self, shards: int):
+            from accelerate import skip_first_batches
+
+            rows = skip_first_batches(self.dl, shards // self.sp_world_size)
+            loader = ResumableUlyssesLoader(rows, self.sp_rank, self.sp_group, self.sp_world_size, self.device)
+            for _ in range(shards % self.sp_world_size):
+                next(loader)
+            return loader
+
+    return ResumableUlyssesLoader(adapter.dl, adapter.sp_rank, adapter.sp_group, adapter.sp_world_size, adapter.device)
+
+
+@contextlib.contextmanager
+def skipping_sharded_rows():
+    """Within: the Trainer's resume skip (accelerate's skip_first_batches, which rebuilds DataLoaders
+    and knows nothing of DeepSpeed's adapter) asks a sharding loader to skip itself instead."""
+    import transformers.trainer
+
+    skip_first_batches = transformers.trainer.skip_first_batches
+
+    def skip(loader, batches):
+        return loader.skipping(batches) if hasattr(loader, "skipping") else skip_first_batches(loader, batches)
+
+    transformers.trainer.skip_first_batches = skip
+    try:
+        yield
+    finally:
+        transformers.trainer.skip_first_batches = skip_first_batches
 
 
 def sequence_parallel_group():
@@ -84,6 +130,15 @@ class SequenceParallelTrainer(LongContextTrainer):
 
         with ulysses_attention(self.model, self.args.parallelism_config.sp_handler):
             return super().train(*args, **kwargs)
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        model, loader = super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        self.callback_handler.train_dataloader = loader = resumable_loader(loader)
+        return model, loader
+
+    def _run_epoch(self, *args, **kwargs):
+        with skipping_sharded_rows():
+            return super()._run_epoch(*args, **kwargs)
 
     def _get_num_items_in_batch(self, batch_samples, device):
         """Target tokens (or sequences) of the step's rows over all processes, each row counted once.
