@@ -23,20 +23,16 @@ class UlyssesBatches:
 
     Position ids are added where a batch has none (every token keeps its place in the row after the
     cut), loss weights are shifted like the labels (`shift_loss_weights`), and the sequence count
-    becomes a plain number, copied to every shard rather than cut.
+    becomes a plain number, copied to every shard rather than cut. Row lengths are the collator's to
+    make a multiple of the group size (pretraining rows: --model_max_length, checked; SFT: padded).
     """
 
-    def __init__(self, collator, size: int):
-        self.collator, self.size = collator, size
+    def __init__(self, collator):
+        self.collator = collator
 
     def __call__(self, features):
         batch = dict(self.collator(features))
         rows, length = batch["input_ids"].shape
-        if length % self.size:
-            raise ValueError(f"a batch of {length} tokens per row cannot be cut into {self.size} equal shards")
-        mask = batch.pop("attention_mask", None)
-        if mask is not None and not bool(mask.all()):
-            raise ValueError("rows with a padding mask cannot be cut into shards: pad with a document of their own")
         if "position_ids" not in batch:
             batch["position_ids"] = torch.arange(length).repeat(rows, 1)
         if "loss_weights" in batch:
@@ -123,7 +119,7 @@ class SequenceParallelTrainer(LongContextTrainer):
         train_args = kwargs["args"]
         self.sequence_parallel_size = train_args.sequence_parallel_size
         train_args.parallelism_config = ulysses_parallelism_config(self.sequence_parallel_size, train_args.world_size)
-        super().__init__(*args, data_collator=UlyssesBatches(data_collator, self.sequence_parallel_size), **kwargs)
+        super().__init__(*args, data_collator=UlyssesBatches(data_collator), **kwargs)
 
     def train(self, *args, **kwargs):
         from longctx.sequence_parallel import ulysses_attention

@@ -96,16 +96,14 @@ def test_batches_fit_deepspeeds_sharding():
         {"input_ids": torch.arange(5), "labels": torch.arange(5), "position_ids": torch.arange(5),
          "loss_weights": torch.tensor([0.0, 0.5, 0.5, 1.0, 1.0]), "num_sequences": torch.tensor(2)},
     ]
-    batch = UlyssesBatches(lambda rows: collate_sft(rows, pad_token_id=0, pad_to_multiple_of=4), 4)(features)
+    batch = UlyssesBatches(lambda rows: collate_sft(rows, pad_token_id=0, pad_to_multiple_of=4))(features)
     assert batch["input_ids"].shape == (1, 8) and batch["num_sequences"] == 2 and isinstance(batch["num_sequences"], int)
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2]]  # padding: a document of its own
     assert batch["shift_loss_weights"].tolist() == [[0.5, 0.5, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]]  # weight of the next token
     assert "loss_weights" not in batch
 
-    rows = UlyssesBatches(lambda rows: {"input_ids": torch.zeros(2, 6, dtype=torch.long)}, 3)(None)
+    rows = UlyssesBatches(lambda rows: {"input_ids": torch.zeros(2, 6, dtype=torch.long)})(None)
     assert rows["position_ids"].tolist() == [list(range(6))] * 2
-    with pytest.raises(ValueError, match="6 tokens per row cannot be cut into 4"):
-        UlyssesBatches(lambda rows: {"input_ids": torch.zeros(1, 6, dtype=torch.long)}, 4)(None)
 
 
 @pytest.mark.parametrize(
