@@ -109,7 +109,7 @@ def test_batches_fit_deepspeeds_sharding():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--sequence_parallel_size", "2", "--model_max_length", "126"), "does not divide --model_max_length 126"),
+        (("--sequence_parallel_size", "2", "--model_max_length", "127"), "does not divide --model_max_length 127"),
         (("--sequence_parallel_size", "2"), "--sequence_parallel_size 2 does not divide the world size 1"),
         (("--sequence_parallel_size", "0"), "--sequence_parallel_size must be at least 1 (got 0)"),
     ],
