@@ -21,6 +21,7 @@ from transformers import TrainerCallback  # noqa: E402
 import longctx.trainer  # noqa: E402
 
 RECORD = {"losses": [], "gradients": []}
+RECORD_PATH = sys.argv[1]
 
 
 def trainable_gradients(model, deepspeed: bool) -> dict:
@@ -44,7 +45,7 @@ class Recorder(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            torch.save(RECORD, sys.argv[1])
+            torch.save(RECORD, RECORD_PATH)
 
 
 def record_deepspeed_steps() -> None:
