@@ -1,14 +1,15 @@
 """LongContextTrainer under sequence parallelism: batches, loss and its scale over shards of rows.
 
-DeepSpeed's `UlyssesSPDataLoaderAdapter` (added by the Trainer) gathers one batch from each process
-of a group and hands every process its shard of each, one after the other; it shifts the labels
-before cutting (`shift_labels`), since a shard's last target is the next shard's first token.
-`UlyssesBatches` makes a batch fit that contract, `SequenceParallelTrainer` computes the chunked loss
-on a shard and scales it so that the gradients DeepSpeed reduces equal one process's on whole rows.
+`ShardedRows` gathers one batch from each process of a group and hands every process its shard of
+each, one after the other, labels shifted before the cut (`shift_labels`: a shard's last target is
+the next shard's first token), as DeepSpeed's adapter does; `UlyssesBatches` makes a batch fit that;
+`SequenceParallelTrainer` computes the chunked loss on a shard and scales it so that the gradients
+DeepSpeed reduces equal one process's on whole rows.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 
 import torch
@@ -42,30 +43,88 @@ class UlyssesBatches:
         return batch
 
 
-def resumable_loader(adapter):
-    """DeepSpeed's UlyssesSPDataLoaderAdapter plus what the Trainer asks of a train loader.
+class ShardedRows:
+    """The train loader under sequence parallelism: every process of a group gets its shard of each row.
 
-    `set_epoch` reaches the wrapped loader (each epoch its own order, as on one process), and
-    `skipping(n)` gives a loader past the first n shards a resumed run already trained on: whole
-    rows are skipped without reading them, then the rest of one gather of rows is dropped.
+    DeepSpeed's `UlyssesSPDataLoaderAdapter` (which the Trainer puts in, and this replaces) does the
+    same: one batch is gathered from each process of the group, and each is handed out in turn, every
+    process keeping its contiguous slice of the tokens, labels shifted before the cut (`shift_labels`).
+    Unlike it, rows of different lengths on different processes (SFT) are gathered through gloo too,
+    whose all-gather needs one shape (they are padded for the exchange and cut back), `set_epoch`
+    reaches the wrapped loader (each epoch its own order, as on one process), and `skipping(n)` gives
+    the loader past the first n shards a resumed run already trained on.
     """
-    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPDataLoaderAdapter
 
-    class ResumableUlyssesLoader(UlyssesSPDataLoaderAdapter):
-        def set_epoch(self, epoch: int) -> None:
-            if hasattr(self.dl, "set_epoch"):
-                self.dl.set_epoch(epoch)
+    def __init__(self, loader, group, rank: int, size: int, device):
+        self.loader, self.group, self.rank, self.size, self.device = loader, group, rank, size, device
+        self.rows = iter(loader)
+        self.shards: collections.deque = collections.deque()
 
-        def skipping(self, shards: int):
-            from accelerate import skip_first_batches
+    @classmethod
+    def replacing(cls, adapter) -> ShardedRows:
+        return cls(adapter.dl, adapter.sp_group, adapter.sp_rank, adapter.sp_world_size, adapter.device)
 
-            rows = skip_first_batches(self.dl, shards // self.sp_world_size)
-            loader = ResumableUlyssesLoader(rows, self.sp_rank, self.sp_group, self.sp_world_size, self.device)
-            for _ in range(shards % self.sp_world_size):
-                next(loader)
-            return loader
+    def __len__(self) -> int:
+        return len(self.loader) * self.size
 
-    return ResumableUlyssesLoader(adapter.dl, adapter.sp_rank, adapter.sp_group, adapter.sp_world_size, adapter.device)
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if not self.shards:
+            self.refill()
+        return self.shards.popleft()
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(epoch)
+
+    def skipping(self, shards: int) -> ShardedRows:
+        """Whole gathers are skipped without reading their rows, then the rest of one gather is dropped."""
+        from accelerate import skip_first_batches
+
+        loader = ShardedRows(
+            skip_first_batches(self.loader, shards // self.size), self.group, self.rank, self.size, self.device
+        )
+        for _ in range(shards % self.size):
+            next(loader)
+        return loader
+
+    def refill(self) -> None:
+        try:
+            batch = next(self.rows)
+        except StopIteration:
+            self.rows = iter(self.loader)  # the next epoch starts afresh
+            raise
+        for rows in self.gathered(batch):
+            self.shards.append(self.shard(rows))
+
+    def gathered(self, batch: dict) -> list[dict]:
+        """The batch of every process of the group, in rank order."""
+        length = torch.tensor([batch["input_ids"].shape[1]], device=self.device)
+        lengths = [torch.zeros_like(length) for _ in range(self.size)]
+        torch.distributed.all_gather(lengths, length, group=self.group)
+        lengths = [int(n) for n in lengths]
+        batches = [{} for _ in range(self.size)]
+        for key, value in batch.items():
+            if torch.is_tensor(value):
+                padded = F.pad(value.to(self.device), (0, max(lengths) - value.shape[1]))
+                parts = [torch.empty_like(padded) for _ in range(self.size)]
+                torch.distributed.all_gather(parts, padded, group=self.group)
+                parts = [part[:, :n] for part, n in zip(parts, lengths, strict=True)]
+            else:
+                parts = [None] * self.size
+                torch.distributed.all_gather_object(parts, value, group=self.group)
+            for rows, part in zip(batches, parts, strict=True):
+                rows[key] = part
+        return batches
+
+    def shard(self, rows: dict) -> dict:
+        rows = dict(rows)
+        rows["shift_labels"] = F.pad(rows.pop("labels"), (0, 1), value=IGNORE_INDEX)[:, 1:]
+        width = rows["input_ids"].shape[1] // self.size
+        cut = slice(self.rank * width, (self.rank + 1) * width)
+        return {key: value[:, cut].cpu() if torch.is_tensor(value) else value for key, value in rows.items()}
 
 
 @contextlib.contextmanager
@@ -129,7 +188,7 @@ class SequenceParallelTrainer(LongContextTrainer):
 
     def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
         model, loader = super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
-        self.callback_handler.train_dataloader = loader = resumable_loader(loader)
+        self.callback_handler.train_dataloader = loader = ShardedRows.replacing(loader)
         return model, loader
 
     def _run_epoch(self, *args, **kwargs):
