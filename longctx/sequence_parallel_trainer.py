@@ -145,31 +145,38 @@ def skipping_sharded_rows():
         transformers.trainer.skip_first_batches = skip_first_batches
 
 
+def deepspeed_gradient_divisor(engine, world_size: int, size: int) -> int:
+    """What DeepSpeed (0.19) divides the sum of all processes' gradients by under sequence parallelism.
+
+    ZeRO 0-2, and ZeRO-3's contiguous all-reduce, divide by the data-parallel size (processes / group
+    size); ZeRO-3's reduce-scatter (its default) divides by all processes, leaving the group size out.
+    """
+    stage3_scatter = engine.zero_optimization_stage() == 3 and (
+        engine.zero_reduce_scatter() or not engine.zero_contiguous_gradients()
+    )
+    return world_size if stage3_scatter else world_size // size
+
+
 def sequence_parallel_group():
     from deepspeed.runtime.sequence_parallel import parallel_state_sp
 
     return parallel_state_sp.get_sequence_parallel_group()
 
 
-def reported_for_group(loss: torch.Tensor) -> torch.Tensor:
-    """The loss of the whole row (the sum over the group's shards) as its value, this shard's as its gradient.
-
-    The Trainer logs the mean over processes of what compute_loss returns; every process of a group
-    then reports its rows' loss, while each backward pass still starts from its own shard.
-    """
-    total = loss.detach().clone()
+def group_sum(value: torch.Tensor) -> torch.Tensor:
+    """The sum over the sequence-parallel group (no gradient): a whole row's, from its shards'."""
+    total = value.detach().clone()
     torch.distributed.all_reduce(total, group=sequence_parallel_group())
-    return loss + (total - loss.detach())
+    return total
 
 
 class SequenceParallelTrainer(LongContextTrainer):
     """LongContextTrainer on DeepSpeed Ulysses (`--sequence_parallel_size` > 1).
 
-    Scale: DeepSpeed sums the gradients of all processes and divides by the data-parallel size
-    (processes / group size). Each process's backward pass gives its share of the gradient of the
-    sum of its group's shard losses, so a shard's loss sum, times the data-parallel size, over the
-    targets (or sequences, with LongAlign's weighting) of the whole step across all processes, gives
-    exactly one process's gradient of the same rows.
+    Scale: DeepSpeed sums the gradients of all processes and divides them (`deepspeed_gradient_divisor`).
+    Each process's backward pass gives its share of the gradient of the sum of its group's shard
+    losses, so a shard's loss sum, times that divisor, over the targets (or sequences, with LongAlign's
+    weighting) of the whole step across all processes, gives exactly one process's gradient of the same rows.
     """
 
     def __init__(self, *args, data_collator=None, **kwargs):
@@ -217,6 +224,11 @@ class SequenceParallelTrainer(LongContextTrainer):
         loss_sum = chunked_loss_sum(
             hidden_states, inputs["shift_labels"], lm_head, inputs.get("shift_loss_weights"), self.loss_chunk_size
         )
-        data_parallel_size = self.args.world_size // self.sequence_parallel_size
-        loss = reported_for_group(loss_sum * data_parallel_size / num_items_in_batch.clamp(min=1).to(loss_sum.dtype))
+        count = num_items_in_batch.clamp(min=1).to(loss_sum.dtype)
+        divisor = deepspeed_gradient_divisor(model, self.args.world_size, self.sequence_parallel_size)
+        loss = loss_sum * divisor / count
+        # the Trainer logs the mean over processes of what is returned: every process of a group returns its
+        # rows' loss (as one process would), while its backward pass starts from its own shard's
+        reported = group_sum(loss_sum) * (self.args.world_size // self.sequence_parallel_size) / count
+        loss = loss + (reported - loss).detach()
         return (loss, None) if return_outputs else loss

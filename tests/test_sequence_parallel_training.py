@@ -1,4 +1,4 @@
-"""--sequence_parallel_size 2 under torchrun (gloo, CPU, DeepSpeed ZeRO-2): the same training as one process.
+"""--sequence_parallel_size under torchrun (gloo, CPU, DeepSpeed ZeRO-2 or 3): the same training as one process.
 
 Each comparison runs a script twice through tests/record_training.py, alone and as two processes
 splitting every row, and asks for the same loss at every step and the same gradient of every
@@ -56,10 +56,13 @@ def assert_same_training(got: dict, expected: dict) -> None:
     assert all(gradient.abs().max() > 0 for gradient in second.values())  # every weight was really compared
 
 
-def compare(tmp_path, script: str, *args) -> dict:
-    """Run alone and with --sequence_parallel_size 2; assert the same training; return the parallel record."""
+def compare(tmp_path, script: str, *args, size: int = 2, split_args=()) -> dict:
+    """Run alone and with --sequence_parallel_size `size`; assert the same training; return the parallel record."""
     alone = record(1, tmp_path / "alone.pt", script, *args, "--output_dir", tmp_path / "alone")
-    split = record(2, tmp_path / "split.pt", script, *args, "--output_dir", tmp_path / "split", "--sequence_parallel_size", "2")
+    split = record(
+        size, tmp_path / "split.pt", script, *args, "--output_dir", tmp_path / "split",
+        "--sequence_parallel_size", size, *split_args,
+    )
     assert_same_training(split, alone)
     return split
 
@@ -105,6 +108,21 @@ def test_full_attention_full_fine_tuning_llama(tiny_model_dir, tmp_path):
 
 def test_s2_attn_qwen2_one_key_value_head(tiny_qwen2_dir, tmp_path):
     compare(tmp_path, "fine-tune.py", "--model_name_or_path", tiny_qwen2_dir, *COMMON)
+
+
+def test_s2_attn_heads_split_inside_a_process_under_zero3(tmp_path):
+    """SmolLM2's shape, 9 query heads over 3 key/value heads, split in 3: process 1 holds heads 3-5, of
+    which 3 is unshifted and 4-5 shifted (the model's second half starts at 4), all reading key/value
+    head 1. ZeRO-3 partitions weights and gradients, and averages them differently (its reduce-scatter)."""
+    model = save_tiny_model(tmp_path / "model", hidden_size=72, num_attention_heads=9, num_key_value_heads=3)
+    zero3 = tmp_path / "zero3.json"
+    zero3.write_text(json.dumps({
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        **dict.fromkeys(("gradient_accumulation_steps", "gradient_clipping", "train_batch_size",
+                         "train_micro_batch_size_per_gpu"), "auto"),
+    }))
+    args = [arg if arg != "128" else "96" for arg in COMMON]  # rows cut in 3
+    compare(tmp_path, "fine-tune.py", "--model_name_or_path", model, *args, size=3, split_args=("--deepspeed", zero3))
 
 
 @pytest.fixture(scope="module")
