@@ -125,6 +125,22 @@ def test_s2_attn_heads_split_inside_a_process_under_zero3(tmp_path):
     compare(tmp_path, "fine-tune.py", "--model_name_or_path", model, *args, size=3, split_args=("--deepspeed", zero3))
 
 
+def test_two_groups_of_two_data_parallel(tiny_model_dir, tmp_path):
+    """4 processes: 2 groups splitting rows in 2, data parallel across the groups. The rows are the same
+    128 tokens, so a step's 2 rows (one per group) must give one process's gradient of one row: the
+    scale over data-parallel groups, not just over a group, is what is compared."""
+    from longctx.data import write_token_file
+
+    tokens = torch.randint(3, 300, (128,), generator=torch.Generator().manual_seed(0)).repeat(4)
+    data = write_token_file(tokens, tmp_path / "rows.bin", vocab_size=320)
+    args = [*COMMON, "--data_path", data]
+    alone = record(1, tmp_path / "alone.pt", "fine-tune.py", "--model_name_or_path", tiny_model_dir, *args,
+                   "--output_dir", tmp_path / "alone")
+    split = record(4, tmp_path / "split.pt", "fine-tune.py", "--model_name_or_path", tiny_model_dir, *args,
+                   "--output_dir", tmp_path / "split", "--sequence_parallel_size", "2")
+    assert_same_training(split, alone)
+
+
 @pytest.fixture(scope="module")
 def qa_data(tmp_path_factory):
     path = tmp_path_factory.mktemp("qa") / "train.json"
