@@ -85,6 +85,9 @@ def main():
     eval_rows = None
     if is_deepspeed_zero3_enabled() and not check_args.skip_eval:
         print("ZeRO-3 splits every weight across processes: no before/after perplexity check; run eval.py on the adapter")
+    elif train_args.sequence_parallel_size > 1 and not check_args.skip_eval:
+        print("--sequence_parallel_size: a row is more than one process holds, so no before/after perplexity check on "
+              "one; run eval.py on the adapter")
     elif not check_args.skip_eval:
         eval_rows = load_pretraining_dataset(
             check_args.eval_data_path or default_eval_data(),

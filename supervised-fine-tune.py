@@ -84,7 +84,9 @@ def main():
     model, trainable = prepare_for_training(
         model, train_args, sft_group_size=sft_group_size, continue_from=continued_adapter(model_args)
     )
-    collator = functools.partial(collate_sft, pad_token_id=tokenizer.pad_token_id or 0)
+    collator = functools.partial(
+        collate_sft, pad_token_id=tokenizer.pad_token_id or 0, pad_to_multiple_of=train_args.sequence_parallel_size
+    )
     result, trainer = train_and_save(
         model, train_args, dataset, collator, tokenizer, train_sampler=sampler, record=record
     )

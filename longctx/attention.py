@@ -22,7 +22,12 @@ from longctx.internals import (
     register_process_wide_sdpa,
     sdpa_attention_forward,
 )
-from longctx.shifted_sparse import check_group_size, shifted_sparse_attention, shifted_sparse_attention_varlen
+from longctx.shifted_sparse import (
+    check_group_size,
+    first_shifted_head,
+    shifted_sparse_attention,
+    shifted_sparse_attention_varlen,
+)
 from longctx.wrappers import unwrap_model
 
 S2_ATTN = "s2_attn"
@@ -65,8 +70,12 @@ def _s2_attention_forward(module, query, key, value, attention_mask, scaling=Non
         mask = _padded_cache_mask(attention_mask, query_len, key_len)
         return sdpa_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout, is_causal=mask is None)
     group_size = resolve_group_size(module.config, query_len)
+    shifted_from = first_shifted_head(query.shape[1], module.config.num_attention_heads)
     attend = shifted_sparse_attention_varlen if use_flash else shifted_sparse_attention
-    output = attend(query, key, value, group_size, attention_mask, kwargs.get("position_ids"), scaling, dropout)
+    output = attend(
+        query, key, value, group_size, attention_mask, kwargs.get("position_ids"), scaling, dropout,
+        shifted_from=shifted_from,
+    )
     return output.transpose(1, 2).contiguous(), None
 
 

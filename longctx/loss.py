@@ -38,13 +38,27 @@ def chunked_causal_lm_loss_sum(
     `weights` (batch, seq), aligned with `labels`, scale each target token (LongAlign's loss weighting);
     positions labelled -100 contribute nothing.
     """
-    hidden_states = hidden_states[:, :-1]
-    targets = labels[:, 1:]
+    return chunked_loss_sum(
+        hidden_states[:, :-1], labels[:, 1:], lm_head, None if weights is None else weights[:, 1:], chunk_size
+    )
+
+
+def chunked_loss_sum(
+    hidden_states: torch.Tensor,
+    targets: torch.Tensor,
+    lm_head: torch.nn.Module,
+    weights: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> torch.Tensor:
+    """`chunked_causal_lm_loss_sum` for targets already shifted: `targets[:, i]` is the token after position i.
+
+    A shard of a row (sequence parallelism) has no next position of its own to shift in, so it comes shifted.
+    """
     total = hidden_states.new_zeros((), dtype=torch.promote_types(hidden_states.dtype, torch.float32))
     if weights is None:
         weights = torch.ones(targets.shape, dtype=total.dtype, device=targets.device)
     else:
-        weights = weights[:, 1:].to(total.dtype)
+        weights = weights.to(total.dtype)
     for start in range(0, targets.shape[1], chunk_size):
         chunk = slice(start, start + chunk_size)
         args = (hidden_states[:, chunk], targets[:, chunk], weights[:, chunk], lm_head)

@@ -124,11 +124,15 @@ def build_sft_dataset(samples: Sequence[SFTSample], batch_method: str, model_max
     return SFTDataset(samples, rows, pack_loss)
 
 
-def collate_sft(features: Sequence[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Pad rows to the longest one; the padding is its own document (position ids from 0, labels -100)."""
+def collate_sft(
+    features: Sequence[dict[str, torch.Tensor]], pad_token_id: int, pad_to_multiple_of: int = 1
+) -> dict[str, torch.Tensor]:
+    """Pad rows to the longest one, rounded up to `pad_to_multiple_of` (sequence parallelism cuts rows into
+    that many equal shards); the padding is its own document (position ids from 0, labels -100)."""
     if not features:
         raise ValueError("cannot collate an empty batch")
     longest = max(len(feature["input_ids"]) for feature in features)
+    longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
     batch = {key: [] for key in features[0] if key != "num_sequences"}
     for feature in features:
         pad = longest - len(feature["input_ids"])

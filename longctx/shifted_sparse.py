@@ -112,17 +112,19 @@ def positions_in_document(position_ids: torch.Tensor | None, batch_size: int, se
     return positions - document_start
 
 
-def head_halves(key: torch.Tensor, value: torch.Tensor, num_heads: int):
+def head_halves(key: torch.Tensor, value: torch.Tensor, num_heads: int, shifted_from: int | None = None):
     """Pair each query-head half (unshifted, shifted) with the key/value heads it reads.
 
-    Query heads `[0, heads // 2)` are unshifted, as in LongLoRA. When that split cuts through the
-    query group of a key/value head (e.g. 9 heads over 3), keys and values are repeated per query head.
-    Heads are axis 1 of `key`/`value`. Yields (query-head slice, keys, values, shifted).
+    Query heads `[0, heads // 2)` are unshifted, as in LongLoRA. `shifted_from` moves the split: under
+    sequence parallelism a rank holds a block of the model's heads, and its first shifted head is where
+    the model's second half starts (`first_shifted_head`); a half with no heads is skipped. When the
+    split cuts through the query group of a key/value head (e.g. 9 heads over 3), keys and values are
+    repeated per query head. Heads are axis 1 of `key`/`value`. Yields (query-head slice, keys, values, shifted).
     """
     num_kv_heads = key.shape[1]
     if num_heads % num_kv_heads:
         raise ValueError(f"{num_heads} query heads cannot share {num_kv_heads} key/value heads evenly")
-    half = num_heads // 2
+    half = num_heads // 2 if shifted_from is None else shifted_from
     queries_per_kv = num_heads // num_kv_heads
     halves = (slice(0, half), slice(half, num_heads))
     if half % queries_per_kv:
@@ -130,8 +132,24 @@ def head_halves(key: torch.Tensor, value: torch.Tensor, num_heads: int):
         value = value.repeat_interleave(queries_per_kv, dim=1)
         queries_per_kv = 1
     for heads, shifted in zip(halves, (False, True)):
+        if heads.start == heads.stop:
+            continue
         kv_heads = slice(heads.start // queries_per_kv, heads.stop // queries_per_kv)
         yield heads, key[:, kv_heads], value[:, kv_heads], shifted
+
+
+def first_shifted_head(local_heads: int, total_heads: int) -> int:
+    """Index, among the `local_heads` query heads an attention call holds, of the first shifted one.
+
+    All heads (no sequence parallelism): `total_heads // 2`. Under Ulysses a rank holds a contiguous
+    block of the model's heads (longctx.sequence_parallel.first_local_head), and the shifted ones are
+    still the model's second half, so S²-Attn is the same function of the weights with or without it.
+    """
+    if local_heads == total_heads:
+        return total_heads // 2
+    from longctx.sequence_parallel import first_local_head
+
+    return min(max(total_heads // 2 - first_local_head(local_heads), 0), local_heads)
 
 
 def _attend_block(
@@ -188,6 +206,7 @@ def shifted_sparse_attention(
     position_ids: torch.Tensor | None = None,
     scaling: float | None = None,
     dropout: float = 0.0,
+    shifted_from: int | None = None,
 ) -> torch.Tensor:
     """S²-Attn over (batch, heads, seq, head_dim) queries and (batch, kv_heads, seq, head_dim) keys/values.
 
@@ -196,10 +215,11 @@ def shifted_sparse_attention(
     tokens; `position_ids` that restart mark packed documents, which never attend to each other.
     Groups and shifts are laid out inside each packed document, from its first token, so a document
     packed in a row is attended exactly as if it were alone (LongAlign's packing needs this).
-    Any sequence length works: a short last group stands alone. Returns (batch, heads, seq, head_dim).
+    Any sequence length works: a short last group stands alone. `shifted_from` is the first shifted
+    head when the heads given are a block of the model's (see `head_halves`). Returns (batch, heads, seq, head_dim).
     """
     batch, num_heads, seq_len, _ = query.shape
-    if num_heads < 2:
+    if num_heads < 2 and shifted_from is None:
         raise ValueError(f"S²-Attn shifts half of the heads, so it needs at least 2 attention heads (got {num_heads})")
     check_group_size(group_size)
     spans = document_spans(position_ids, batch, seq_len)
@@ -210,12 +230,12 @@ def shifted_sparse_attention(
             for start, end in row_spans:
                 mask = None if attention_mask is None else attention_mask[row : row + 1, start:end]
                 states = (t[row : row + 1, :, start:end] for t in (query, key, value))
-                pieces.append(shifted_sparse_attention(*states, group_size, mask, None, scaling, dropout))
+                pieces.append(shifted_sparse_attention(*states, group_size, mask, None, scaling, dropout, shifted_from))
             rows.append(torch.cat(pieces, dim=2))
         return torch.cat(rows, dim=0)
     segments = segment_ids(batch, seq_len, attention_mask, position_ids, query.device)
     halves = []
-    for heads, half_key, half_value, shifted in head_halves(key, value, num_heads):
+    for heads, half_key, half_value, shifted in head_halves(key, value, num_heads, shifted_from):
         pieces = [
             _attend_block(query[:, heads], half_key, half_value, block, segments, scaling, dropout)
             for block in group_blocks(seq_len, group_size, shifted)
@@ -255,6 +275,7 @@ def shifted_sparse_attention_varlen(
     scaling: float | None = None,
     dropout: float = 0.0,
     varlen_fn=None,
+    shifted_from: int | None = None,
 ) -> torch.Tensor:
     """S²-Attn through a flash-attn style varlen kernel (LongLoRA's flash path, without the wrap).
 
@@ -270,7 +291,7 @@ def shifted_sparse_attention_varlen(
     # (batch, heads, seq, head_dim) -> (batch * seq, heads, head_dim), the layout flash-attn expects
     query, key, value = (t.transpose(1, 2).reshape(batch * seq_len, t.shape[1], head_dim) for t in (query, key, value))
     halves = []
-    for heads, half_key, half_value, shifted in head_halves(key, value, num_heads):
+    for heads, half_key, half_value, shifted in head_halves(key, value, num_heads, shifted_from):
         shift = group_size // 2 if shifted else 0
         kept, cu_seqlens, max_len = varlen_runs((positions + shift) // group_size, segments)
         attended = varlen_fn(

@@ -137,6 +137,7 @@ def load_training_model(model_args, train_args):
     embeddings have LongLoRA's rows and its scripts and ours read each other's weights.
     """
     from longctx.modeling import load_model_and_tokenizer
+    from longctx.sequence_parallel import check_sequence_parallel
     from longctx.special_tokens import add_pad_token
     from longctx.upstream import check_model_type
 
@@ -146,6 +147,7 @@ def load_training_model(model_args, train_args):
         raise ValueError("--start_from merges earlier stages into the weights; it does not work with --load_in_4bit")
     if model_args.start_from:
         check_start(model_args.start_from, model_args.start_mode)
+    check_sequence_parallel(model_args.model_name_or_path, train_args, model_args.cache_dir)
     model, tokenizer = load_model_and_tokenizer(
         model_args.model_name_or_path,
         dtype=model_args.dtype,
@@ -217,7 +219,10 @@ def prepare_for_training(model, train_args, sft_group_size: int | None = None, c
 
 def train_and_save(model, train_args, train_dataset, data_collator, tokenizer, train_sampler=None, record=None):
     """Train (resuming when asked), then save the adapter, trainable params and training record to --output_dir."""
-    trainer = LongContextTrainer(
+    trainer_class = LongContextTrainer
+    if getattr(train_args, "sequence_parallel_size", 1) > 1:
+        from longctx.sequence_parallel_trainer import SequenceParallelTrainer as trainer_class
+    trainer = trainer_class(
         model=model,
         args=train_args,
         train_dataset=train_dataset,

@@ -99,6 +99,11 @@ class LongContextTrainingArguments(TrainingArguments):
         default=None,
     )
     loss_chunk_size: int = help_field("positions per chunk of the output-head + loss computation", default=2048)
+    sequence_parallel_size: int = help_field(
+        "split each row over this many processes (DeepSpeed Ulysses, under torchrun/deepspeed; default config "
+        "ds_configs/stage2.json); the others are data parallel",
+        default=1,
+    )
 
     output_dir: str | None = help_field("where checkpoints and the final adapter go", default="outputs/fine-tune")
     overwrite_output_dir: bool = help_field(
@@ -123,6 +128,9 @@ class LongContextTrainingArguments(TrainingArguments):
             raise ValueError(f"--lora_r must be positive (got {self.lora_r})")
         if self.loss_chunk_size <= 0:
             raise ValueError(f"--loss_chunk_size must be positive (got {self.loss_chunk_size})")
+        from longctx.sequence_parallel import sequence_parallel_arguments
+
+        sequence_parallel_arguments(self)
         # transformers 5.2x renamed gradient_checkpointing* to activation_checkpointing* and warns on the old names
         name = "activation_checkpointing" if hasattr(self, "activation_checkpointing") else "gradient_checkpointing"
         if self.gradient_checkpointing is None and getattr(self, "activation_checkpointing", None) is None:
