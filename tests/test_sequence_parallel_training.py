@@ -129,7 +129,7 @@ def test_two_groups_of_two_data_parallel(tiny_model_dir, tmp_path):
     """4 processes: 2 groups splitting rows in 2, data parallel across the groups. The rows are the same
     128 tokens, so a step's 2 rows (one per group) must give one process's gradient of one row: the
     scale over data-parallel groups, not just over a group, is what is compared."""
-    from longctx.data import write_token_file
+    from longctx.token_files import write_token_file
 
     tokens = torch.randint(3, 300, (128,), generator=torch.Generator().manual_seed(0)).repeat(4)
     data = write_token_file(tokens, tmp_path / "rows.bin", vocab_size=320)
