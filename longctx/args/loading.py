@@ -10,6 +10,10 @@ from longctx.rope import ROPE_METHODS
 from longctx.training_record import read_record, rope_for_reading
 
 
+MODEL_HELP = (
+    f"'{DEFAULT_MODEL}' (bundled SmolLM2-135M-Instruct), a local HF folder, a .gguf file or a cached hub id"
+)
+
 @dataclass
 class LoadingArguments:
     """How any script loads its model: dtype, RoPE scaling and QLoRA's 4-bit base (shared by all scripts)."""
@@ -60,7 +64,7 @@ class InferenceModelArguments(LoadingArguments):
     """The model a reading script loads: LongLoRA's --base_model/--peft_model/--context_size plus RoPE scaling."""
 
     base_model: str = help_field(
-        f"'{DEFAULT_MODEL}' (bundled SmolLM2-135M-Instruct), a local HF folder, a .gguf file or a cached hub id",
+        MODEL_HELP,
         default=DEFAULT_MODEL,
     )
     peft_model: str | None = help_field(

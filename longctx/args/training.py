@@ -9,7 +9,7 @@ import torch
 from transformers import TrainingArguments
 
 from longctx.args.fields import help_field
-from longctx.args.loading import LoadingArguments
+from longctx.args.loading import MODEL_HELP, LoadingArguments
 from longctx.modeling import DEFAULT_MODEL
 from longctx.rope import default_rope_method
 from longctx.stages import START_MODES
@@ -20,7 +20,7 @@ class ModelArguments(LoadingArguments):
     """The model a training script starts from."""
 
     model_name_or_path: str = help_field(
-        f"'{DEFAULT_MODEL}' (bundled SmolLM2-135M-Instruct), a local HF folder, a .gguf file or a cached hub id",
+        MODEL_HELP,
         default=DEFAULT_MODEL,
     )
     start_from: str | None = help_field(
