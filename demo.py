@@ -85,7 +85,7 @@ def build_app(args: DemoArguments, model, tokenizer) -> gr.Blocks:
         session = document["session"]
         try:
             if session is None:
-                turn, _ = first_turn(tokenizer, document["text"], question, window, args)
+                turn, _ = first_turn(tokenizer, document["text"], question, window, args.prompt_layout())
                 session = document["session"] = ChatSession(model, tokenizer, window, **args.chat_options())
             else:
                 turn = question

@@ -40,7 +40,7 @@ def main():
     args.prompt_template = usable_template(tokenizer, args.prompt_template)
     window = args.window(model)
     question = args.question or input("question> ")
-    user_turn, size = first_turn(tokenizer, material, question, window, args)
+    user_turn, size = first_turn(tokenizer, material, question, window, args.prompt_layout())
     print(size, file=sys.stderr)
     torch.manual_seed(args.seed)
     session = ChatSession(model, tokenizer, window, **args.chat_options())

@@ -24,6 +24,7 @@ from longctx.internals import (
 )
 from longctx.shifted_sparse import (
     check_group_size,
+    check_group_size_ratio,
     first_shifted_head,
     shifted_sparse_attention,
     shifted_sparse_attention_varlen,
@@ -124,8 +125,7 @@ def enable_s2_attn(
     for fixed in (group_size, sft_group_size):
         if fixed is not None:
             check_group_size(fixed)
-    if not 0 < group_size_ratio <= 1:
-        raise ValueError(f"--group_size_ratio must be in (0, 1] (got {group_size_ratio})")
+    check_group_size_ratio(group_size_ratio)
     if use_flash_attn and not flash_attn_available():
         warnings.warn("flash-attn is not installed or no CUDA device is present: S²-Attn runs on SDPA instead", stacklevel=2)
         use_flash_attn = False

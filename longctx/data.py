@@ -30,7 +30,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from tqdm.auto import tqdm
 
 from longctx.text_files import read_jsonl, read_text_file, split_paths, text_files
-from longctx.token_files import TOKEN_DTYPES, UINT32_SUFFIX, MemmapTokens, reader_dtype, tokenizer_vocab_size
+from longctx.token_files import UINT32_SUFFIX, check_token_dtype, MemmapTokens, reader_dtype, tokenizer_vocab_size
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -97,8 +97,7 @@ def load_pretraining_dataset(
         raise ValueError(f"the row length must be positive (got {model_max_length})")
     if max_rows is not None and max_rows <= 0:
         raise ValueError(f"max_rows must be positive, got {max_rows}")
-    if token_dtype is not None and token_dtype not in TOKEN_DTYPES:
-        raise ValueError(f"--token_dtype must be one of {', '.join(TOKEN_DTYPES)}, got {token_dtype!r}")
+    check_token_dtype(token_dtype)
     sources = [_resolve_source(path, flag) for path in split_paths(data_path, flag)]
 
     parts: list[Dataset] = []

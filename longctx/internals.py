@@ -10,6 +10,7 @@ bumping requirements.txt.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 
@@ -32,6 +33,7 @@ __all__ = [
     "TrainerHooks",
     "attn_implementation",
     "deepspeed_checkpoint_classes",
+    "keeping_attention_overrides",
     "drop_quantization_record",
     "flash_attention_mask",
     "quiet_known_library_noise",
@@ -39,6 +41,8 @@ __all__ = [
     "sdpa_attention_forward",
     "sdpa_mask",
     "sdpa_with_lse",
+    "sequence_parallel_group",
+    "sequence_parallel_rank",
     "stop_bnb_cpu_repacking",
 ]
 
@@ -75,19 +79,30 @@ def drop_quantization_record(model) -> None:
 
 
 class TrainerHooks:
-    """The two private Trainer methods longctx.trainer.LongContextTrainer needs, overridden in one place.
+    """The private Trainer methods longctx's trainers need, overridden in one place, each behind a public hook.
 
     - `_get_train_sampler`: the Trainer builds its sampler there; a length-sorted batch sampler
       (LongAlign's sort batching) replaces it when `custom_train_sampler()` returns one.
     - `_get_num_items_in_batch`: the divisor of the loss over an accumulated batch; LongAlign's loss
       weighting divides by sequences instead of tokens when `custom_num_items_in_batch` returns a count.
-    Mix in before `Trainer`; both fall back to the Trainer's own when the custom hook returns None.
+    - `_prepare_for_training`: where the Trainer wraps its DataLoader (accelerate, DeepSpeed);
+      `custom_train_loader` may replace the wrapped loader (sequence parallelism shards its rows).
+    - `_run_epoch` with the module attribute `transformers.trainer.skip_first_batches`: the resume
+      skip, which rebuilds DataLoaders; `custom_skip` may skip a loader that knows how itself.
+    Mix in before `Trainer`; each falls back to the Trainer's own when its hook returns None (or the
+    loader unchanged).
     """
 
     def custom_train_sampler(self):
         return None
 
     def custom_num_items_in_batch(self, batch_samples, device):
+        return None
+
+    def custom_train_loader(self, loader):
+        return loader
+
+    def custom_skip(self, loader, batches):
         return None
 
     def _get_train_sampler(self, train_dataset=None):
@@ -98,10 +113,40 @@ class TrainerHooks:
         count = self.custom_num_items_in_batch(batch_samples, device)
         return count if count is not None else super()._get_num_items_in_batch(batch_samples, device)
 
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        model, loader = super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        replacement = self.custom_train_loader(loader)
+        if replacement is not loader:
+            self.callback_handler.train_dataloader = replacement
+        return model, replacement
+
+    def _run_epoch(self, *args, **kwargs):
+        if type(self).custom_skip is TrainerHooks.custom_skip:
+            return super()._run_epoch(*args, **kwargs)
+        import transformers.trainer
+
+        skip_first_batches = transformers.trainer.skip_first_batches
+
+        def skip(loader, batches):
+            skipped = self.custom_skip(loader, batches)
+            return skipped if skipped is not None else skip_first_batches(loader, batches)
+
+        transformers.trainer.skip_first_batches = skip
+        try:
+            return super()._run_epoch(*args, **kwargs)
+        finally:
+            transformers.trainer.skip_first_batches = skip_first_batches
+
 
 TRAINER_PRIVATE_METHODS = {
     "_get_train_sampler": ("self", "train_dataset"),
     "_get_num_items_in_batch": ("self", "batch_samples", "device"),
+    "_prepare_for_training": ("self", "max_steps", "train_dataloader", "resume_from_checkpoint"),
+    "_run_epoch": (
+        "self", "model", "epoch", "train_dataloader", "steps_in_epoch", "num_update_steps_per_epoch", "trial",
+        "ignore_keys_for_eval", "start_time", "resume_from_checkpoint", "epochs_trained",
+        "steps_trained_in_current_epoch",
+    ),
 }
 
 
@@ -166,6 +211,42 @@ def deepspeed_checkpoint_classes() -> list[type]:
     except ImportError:
         return []
     return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+# `deepspeed.runtime.sequence_parallel.parallel_state_sp`: the module DeepSpeed's ulysses_sp keeps
+# its process groups in (accelerate exposes no accessor).
+
+
+def sequence_parallel_rank() -> int:
+    """This process's rank in its Ulysses group."""
+    from deepspeed.runtime.sequence_parallel import parallel_state_sp
+
+    return parallel_state_sp.get_sequence_parallel_rank()
+
+
+def sequence_parallel_group():
+    """This process's Ulysses group (a torch.distributed group)."""
+    from deepspeed.runtime.sequence_parallel import parallel_state_sp
+
+    return parallel_state_sp.get_sequence_parallel_group()
+
+
+@contextlib.contextmanager
+def keeping_attention_overrides():
+    """Put transformers' per-process attention overrides back as they were on the way out.
+
+    DeepSpeed's Ulysses registers its wrapper of the model's attention as an override in
+    `ALL_ATTENTION_FUNCTIONS._local_mapping` (transformers' registry, not its public `register`);
+    longctx.sequence_parallel takes it out after training so later passes never wait on the group.
+    """
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    overrides = dict(ALL_ATTENTION_FUNCTIONS._local_mapping)
+    try:
+        yield
+    finally:
+        ALL_ATTENTION_FUNCTIONS._local_mapping.clear()
+        ALL_ATTENTION_FUNCTIONS._local_mapping.update(overrides)
 
 
 BNB_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"

@@ -133,25 +133,42 @@ def fit_material(
     )
 
 
-def first_turn(tokenizer, material: str, question: str, window: int, args) -> tuple[str, str]:
-    """The opening user turn for a reading script's flags (longctx.args.ReadingArguments), and a line on its size.
+@dataclass(frozen=True)
+class PromptLayout:
+    """How a reading script lays out its first turn (longctx.args.ReadingArguments.prompt_layout builds it).
 
-    With --enable_streaming the whole material goes in (the cache keeps only sinks + recent tokens, so
+    `streaming` is (sink tokens, recent tokens) of a StreamingLLM cache, or None for a fitted prompt.
+    """
+
+    template: str = "chat"
+    material_type: str = "material"
+    title: str | None = None
+    truncate: str = "none"
+    max_gen_len: int = 512
+    streaming: tuple[int, int] | None = None
+
+
+def first_turn(tokenizer, material: str, question: str, window: int, layout: PromptLayout) -> tuple[str, str]:
+    """The opening user turn for a material and a question, and a line on its size.
+
+    With a streaming cache the whole material goes in (the cache keeps only sinks + recent tokens, so
     memory stays bounded and the middle of an over-long material is forgotten); otherwise it must fit
     the window (fit_material).
     """
-    if args.enable_streaming:
-        size = f"material: {len(encode(tokenizer, material)):,} tokens; streaming cache of {args.start_size} + {args.recent_size} tokens"
-        return material_turn(material, question, **args.material_options()), size
+    if layout.streaming is not None:
+        start_size, recent_size = layout.streaming
+        size = f"material: {len(encode(tokenizer, material)):,} tokens; streaming cache of {start_size} + {recent_size} tokens"
+        return material_turn(material, question, layout.material_type, layout.title), size
     fitted = fit_material(
         tokenizer,
         material,
         question,
         window,
-        args.max_gen_len,
-        args.prompt_template,
-        args.truncate,
-        **args.material_options(),
+        layout.max_gen_len,
+        layout.template,
+        layout.truncate,
+        layout.material_type,
+        layout.title,
     )
     size = (
         f"material: {fitted.material_tokens:,} tokens; prompt {len(fitted.input_ids):,} of the {window:,}-token window"

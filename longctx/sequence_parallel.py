@@ -110,9 +110,9 @@ def first_local_head(local_heads: int) -> int:
     DeepSpeed hands rank r of the group the contiguous block of heads [r * local, (r + 1) * local)
     (and key/value heads likewise, so each query head still reads its own key/value head).
     """
-    from deepspeed.runtime.sequence_parallel import parallel_state_sp
+    from longctx.internals import sequence_parallel_rank
 
-    return parallel_state_sp.get_sequence_parallel_rank() * local_heads
+    return sequence_parallel_rank() * local_heads
 
 
 def causal_attention_by_documents(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -145,8 +145,9 @@ def causal_attention_by_documents(module, query, key, value, attention_mask, sca
 
 
 def _register_documents_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+    from transformers import AttentionInterface, AttentionMaskInterface
+
+    from longctx.internals import flash_attention_mask
 
     AttentionInterface.register(DOCUMENTS_ATTENTION, causal_attention_by_documents)
     AttentionMaskInterface.register(DOCUMENTS_ATTENTION, flash_attention_mask)
@@ -162,9 +163,7 @@ def ulysses_attention(model, sp_handler):
     put back on the way out, with the model's own implementation, so later passes on one process
     (a perplexity check on the main process) never wait on the group.
     """
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    from longctx.internals import attn_implementation
+    from longctx.internals import attn_implementation, keeping_attention_overrides
     from longctx.wrappers import unwrap_model
 
     base = unwrap_model(model)
@@ -173,11 +172,9 @@ def ulysses_attention(model, sp_handler):
         _register_documents_attention()
         base.set_attn_implementation(DOCUMENTS_ATTENTION)
     sp_handler.sp_attn_implementation = attn_implementation(base.config)  # accelerate lists only its own names
-    overrides = dict(ALL_ATTENTION_FUNCTIONS._local_mapping)  # DeepSpeed's wrapper goes in as such an override
     try:
-        yield
+        with keeping_attention_overrides():  # DeepSpeed's wrapper goes in as such an override
+            yield
     finally:
-        ALL_ATTENTION_FUNCTIONS._local_mapping.clear()
-        ALL_ATTENTION_FUNCTIONS._local_mapping.update(overrides)
         if attn_implementation(base.config) != implementation:
             base.set_attn_implementation(implementation)

@@ -10,11 +10,11 @@ DeepSpeed reduces equal one process's on whole rows.
 from __future__ import annotations
 
 import collections
-import contextlib
 
 import torch
 import torch.nn.functional as F
 
+from longctx.internals import sequence_parallel_group
 from longctx.loss import IGNORE_INDEX, chunked_loss_sum, decoder_and_head, final_hidden_states
 from longctx.trainer import LongContextTrainer
 
@@ -127,24 +127,6 @@ class ShardedRows:
         return {key: value[:, cut].cpu() if torch.is_tensor(value) else value for key, value in rows.items()}
 
 
-@contextlib.contextmanager
-def skipping_sharded_rows():
-    """Within: the Trainer's resume skip (accelerate's skip_first_batches, which rebuilds DataLoaders
-    and knows nothing of DeepSpeed's adapter) asks a sharding loader to skip itself instead."""
-    import transformers.trainer
-
-    skip_first_batches = transformers.trainer.skip_first_batches
-
-    def skip(loader, batches):
-        return loader.skipping(batches) if hasattr(loader, "skipping") else skip_first_batches(loader, batches)
-
-    transformers.trainer.skip_first_batches = skip
-    try:
-        yield
-    finally:
-        transformers.trainer.skip_first_batches = skip_first_batches
-
-
 def deepspeed_gradient_divisor(engine, world_size: int, size: int) -> int:
     """What DeepSpeed (0.19) divides the sum of all processes' gradients by under sequence parallelism.
 
@@ -155,12 +137,6 @@ def deepspeed_gradient_divisor(engine, world_size: int, size: int) -> int:
         engine.zero_reduce_scatter() or not engine.zero_contiguous_gradients()
     )
     return world_size if stage3_scatter else world_size // size
-
-
-def sequence_parallel_group():
-    from deepspeed.runtime.sequence_parallel import parallel_state_sp
-
-    return parallel_state_sp.get_sequence_parallel_group()
 
 
 def group_sum(value: torch.Tensor) -> torch.Tensor:
@@ -193,16 +169,14 @@ class SequenceParallelTrainer(LongContextTrainer):
         with ulysses_attention(self.model, self.args.parallelism_config.sp_handler):
             return super().train(*args, **kwargs)
 
-    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
-        model, loader = super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
-        self.callback_handler.train_dataloader = loader = ShardedRows.replacing(loader)
-        return model, loader
+    def custom_train_loader(self, loader):
+        return ShardedRows.replacing(loader)
 
-    def _run_epoch(self, *args, **kwargs):
-        with skipping_sharded_rows():
-            return super()._run_epoch(*args, **kwargs)
+    def custom_skip(self, loader, batches):
+        """Resume: a sharding loader skips itself (accelerate's skip_first_batches knows nothing of DeepSpeed's adapter)."""
+        return loader.skipping(batches) if hasattr(loader, "skipping") else None
 
-    def _get_num_items_in_batch(self, batch_samples, device):
+    def custom_num_items_in_batch(self, batch_samples, device):
         """Target tokens (or sequences) of the step's rows over all processes, each row counted once.
 
         A row's targets are spread over its shards; its sequence count is copied to each of them.

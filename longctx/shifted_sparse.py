@@ -192,9 +192,16 @@ def _attend_block(
     return output.reshape(batch, block.num_groups * block.group_len, heads, head_dim)
 
 
-def check_group_size(group_size: int) -> None:
+def check_group_size(group_size: int, flag: str = "--group_size") -> None:
+    """The one check of a fixed S²-Attn group size (the command line and the library both call it)."""
     if group_size < 2 or group_size % 2:
-        raise ValueError(f"S²-Attn group size must be an even number >= 2 (got {group_size}): the shift is half a group")
+        raise ValueError(f"{flag} must be an even number >= 2 (got {group_size}): S²-Attn shifts by half a group")
+
+
+def check_group_size_ratio(group_size_ratio: float) -> None:
+    """The one check of S²-Attn's group size as a fraction of the sequence length."""
+    if not 0 < group_size_ratio <= 1:
+        raise ValueError(f"--group_size_ratio must be in (0, 1] (got {group_size_ratio})")
 
 
 def shifted_sparse_attention(

@@ -45,6 +45,12 @@ class MemmapTokens:
         return {**self.__dict__, "_array": None}
 
 
+def check_token_dtype(token_dtype: str | None) -> None:
+    """The one check of --token_dtype (None: the file name decides)."""
+    if token_dtype is not None and token_dtype not in TOKEN_DTYPES:
+        raise ValueError(f"--token_dtype {token_dtype} must be one of {', '.join(TOKEN_DTYPES)}")
+
+
 def reader_dtype(path: Path, token_dtype: str | None) -> np.dtype:
     """The width of a token file: `token_dtype` when given, else uint32 for a .u32.bin name and uint16 otherwise."""
     if token_dtype is not None:

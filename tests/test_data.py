@@ -153,6 +153,20 @@ def test_token_dtype_overrides_suffix(tmp_path, tokenizer):
     assert rows_of(wrong) != rows_of(dataset)
 
 
+@pytest.mark.parametrize("reader", ["library", "training flags", "evaluation flags"])
+def test_unknown_token_dtype_is_one_line_from_every_entry(tmp_path, tokenizer, reader):
+    from longctx.args import DataArguments, PerplexityArguments
+
+    path = write_token_file([2, 3, 4, 5], tmp_path / "t.bin", vocab_size=len(tokenizer))
+    with pytest.raises(ValueError, match=r"^--token_dtype int8 must be one of uint16, uint32$"):
+        if reader == "library":
+            load_pretraining_dataset(path, tokenizer, model_max_length=2, token_dtype="int8")
+        elif reader == "training flags":
+            DataArguments(token_dtype="int8")
+        else:
+            PerplexityArguments(token_dtype="int8")
+
+
 def test_max_rows_keeps_the_first_rows(tmp_path, tokenizer):
     write_texts(tmp_path, {f"{index}.txt": text for index, text in enumerate(DOCS)})
     full = load_pretraining_dataset(tmp_path, tokenizer, model_max_length=2)

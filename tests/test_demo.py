@@ -89,7 +89,7 @@ def expected_conversation(model_dir, document: str, questions: list[str], window
     args = DemoArguments(base_model=str(model_dir), context_size=window, max_gen_len=max_gen_len, temperature=0)
     model, tokenizer = load_for_inference(str(model_dir), context_size=window)
     session = ChatSession(model, tokenizer, window, **args.chat_options())
-    turn, _ = first_turn(tokenizer, document, questions[0], window, args)
+    turn, _ = first_turn(tokenizer, document, questions[0], window, args.prompt_layout())
     return [session.ask(turn), *(session.ask(question) for question in questions[1:])]
 
 

@@ -141,3 +141,57 @@ def test_bitsandbytes_cpu_logger_still_exists():
     assert importlib.util.find_spec(module) is not None, moved(
         "quiet_known_library_noise", "bitsandbytes", f"{module} is gone (the logger to quiet has another name)"
     )
+
+
+def test_attention_overrides_come_back_as_they_were():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    assert isinstance(getattr(ALL_ATTENTION_FUNCTIONS, "_local_mapping", None), dict), moved(
+        "keeping_attention_overrides", "transformers", "ALL_ATTENTION_FUNCTIONS has no _local_mapping dict"
+    )
+    with internals.keeping_attention_overrides():
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = lambda *args, **kwargs: None  # as DeepSpeed's Ulysses overrides an entry
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is internals.sdpa_attention_forward, moved(
+        "keeping_attention_overrides", "transformers", "item assignment no longer goes to _local_mapping"
+    )
+
+
+def test_deepspeed_sequence_parallel_state_has_its_accessors():
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("DeepSpeed is not installed")
+    from deepspeed.runtime.sequence_parallel import parallel_state_sp
+
+    for name in ("get_sequence_parallel_rank", "get_sequence_parallel_group"):
+        assert callable(getattr(parallel_state_sp, name, None)), moved(
+            "sequence_parallel_rank", "deepspeed", f"parallel_state_sp.{name} is gone"
+        )
+
+
+def test_trainer_resume_skip_is_a_module_attribute():
+    import transformers.trainer
+
+    assert callable(getattr(transformers.trainer, "skip_first_batches", None)), moved(
+        "TrainerHooks", "transformers", "transformers.trainer.skip_first_batches is gone (the resume skip moved)"
+    )
+
+
+def test_custom_skip_replaces_the_resume_skip_only_within_an_epoch():
+    import transformers.trainer
+
+    original = transformers.trainer.skip_first_batches
+    seen = []
+
+    class Base:
+        def _run_epoch(self, loader):
+            return transformers.trainer.skip_first_batches(loader, 2)
+
+    class Skipping(internals.TrainerHooks, Base):
+        def custom_skip(self, loader, batches):
+            seen.append((loader, batches))
+            return "skipped" if loader == "mine" else None
+
+    loader = torch.utils.data.DataLoader(list(range(5)))
+    assert Skipping()._run_epoch("mine") == "skipped"
+    assert [int(batch) for batch in Skipping()._run_epoch(loader)] == [2, 3, 4]  # accelerate's own skip
+    assert seen == [("mine", 2), (loader, 2)]
+    assert transformers.trainer.skip_first_batches is original

@@ -72,9 +72,9 @@ def test_inference_prompt_is_longlora_inference_py(llama_tokenizer):
 
     material, question = "Chapter 1.\nIt was a dark night.\n", "Who is there?"
     args = InferenceArguments(material="book.txt", question=question, prompt_template="llama2")
-    assert args.material_options()["material_type"] == "none"
+    assert args.prompt_layout().material_type == "none"
     upstream = llama_tokenizer(LONGLORA_PROMPT_LLAMA2.format_map({"instruction": material + "\n%s" % question}))["input_ids"]
-    fitted = fit_material(llama_tokenizer, material, question, 256, 8, "llama2", **args.material_options())
+    fitted = fit_material(llama_tokenizer, material, question, 256, 8, "llama2", material_type=args.prompt_layout().material_type)
     assert fitted.input_ids == upstream
     model = tiny_llama(vocab_size=len(llama_tokenizer))
     session = ChatSession(model, llama_tokenizer, 256, max_gen_len=2, temperature=0, template="llama2")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from longctx.args.fields import help_field, parse_depths, parse_positive_ints
 from longctx.args.loading import InferenceModelArguments
 from longctx.evaluation import SCORINGS
+from longctx.token_files import check_token_dtype
 
 
 @dataclass
@@ -52,8 +53,7 @@ class PerplexityArguments(InferenceModelArguments):
                 f"--sliding_window {self.sliding_window} must be below --seq_len {self.seq_lens[0]} with --scoring "
                 "strided (a window's first token is context only)"
             )
-        if self.token_dtype not in (None, "uint16", "uint32"):
-            raise ValueError(f"--token_dtype {self.token_dtype} must be uint16 or uint32")
+        check_token_dtype(self.token_dtype)
         if self.max_tokens is not None and self.max_tokens < 2:
             raise ValueError(f"--max_tokens must be at least 2 (got {self.max_tokens})")
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from longctx.args.fields import help_field
 from longctx.args.loading import InferenceModelArguments
+from longctx.material import PromptLayout
 
 
 @dataclass
@@ -64,10 +65,12 @@ class ReadingArguments(InferenceModelArguments):
         """The context window read in: --context_size, else the model's own (RoPE is not rescaled unless asked)."""
         return self.context_size or model.config.max_position_embeddings
 
-    def material_options(self) -> dict:
-        """Keyword arguments of longctx.material.fit_material and material_turn for the material's layout."""
-        layout = self.material_type or ("none" if self.prompt_template == "llama2" else "material")
-        return {"material_type": layout, "title": self.material_title}
+    def prompt_layout(self) -> PromptLayout:
+        """The first turn's layout (longctx.material.first_turn); llama2's default material type is none."""
+        material_type = self.material_type or ("none" if self.prompt_template == "llama2" else "material")
+        return PromptLayout(
+            self.prompt_template, material_type, self.material_title, self.truncate, self.max_gen_len, self.streaming()
+        )
 
     def streaming(self) -> tuple[int, int] | None:
         return (self.start_size, self.recent_size) if self.enable_streaming else None

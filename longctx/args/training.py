@@ -12,7 +12,9 @@ from longctx.args.fields import help_field
 from longctx.args.loading import MODEL_HELP, LoadingArguments
 from longctx.modeling import DEFAULT_MODEL
 from longctx.rope import default_rope_method
+from longctx.shifted_sparse import check_group_size, check_group_size_ratio
 from longctx.stages import START_MODES
+from longctx.token_files import check_token_dtype
 
 
 @dataclass
@@ -55,8 +57,7 @@ class DataArguments:
     max_train_rows: int | None = help_field("use at most this many training rows (default: all)", default=None)
 
     def __post_init__(self):
-        if self.token_dtype not in (None, "uint16", "uint32"):
-            raise ValueError(f"--token_dtype {self.token_dtype} must be uint16 or uint32")
+        check_token_dtype(self.token_dtype)
         if self.max_train_rows is not None and self.max_train_rows <= 0:
             raise ValueError(f"--max_train_rows must be positive (got {self.max_train_rows})")
 
@@ -120,10 +121,9 @@ class LongContextTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.model_max_length <= 0:
             raise ValueError(f"--model_max_length must be above zero (got {self.model_max_length})")
-        if not 0 < self.group_size_ratio <= 1:
-            raise ValueError(f"--group_size_ratio must be in (0, 1] (got {self.group_size_ratio})")
-        if self.group_size is not None and (self.group_size < 2 or self.group_size % 2):
-            raise ValueError(f"--group_size must be an even number >= 2 (got {self.group_size})")
+        check_group_size_ratio(self.group_size_ratio)
+        if self.group_size is not None:
+            check_group_size(self.group_size)
         if self.lora_r <= 0:
             raise ValueError(f"--lora_r must be positive (got {self.lora_r})")
         if self.loss_chunk_size <= 0:
