@@ -10,15 +10,11 @@ otherwise just before the optimizer's step.
 
 import runpy
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
+from transformers import TrainerCallback
 
-import torch  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
-
-import longctx.trainer  # noqa: E402
+import longctx.trainer
 
 RECORD = {"losses": [], "gradients": []}
 RECORD_PATH = sys.argv[1]
@@ -79,7 +75,7 @@ def main():
     trainer_class.__init__, trainer_class.training_step = recording_init, recording_training_step
     script = sys.argv[2]
     sys.argv = [script, *sys.argv[3:]]
-    runpy.run_path(str(ROOT / script), run_name="__main__")
+    runpy.run_path(script, run_name="__main__")  # launched from the repository root
 
 
 if __name__ == "__main__":
