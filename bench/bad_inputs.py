@@ -289,8 +289,8 @@ def snapshot(folder: Path) -> dict[str, str]:
     }
 
 
-def judge(completed: subprocess.CompletedProcess, before: dict, after: dict, marker: Path) -> list[str]:
-    lines = [line for line in completed.stderr.splitlines() if line.strip()]
+def judge(completed: subprocess.CompletedProcess, lines: list[str], before: dict, after: dict, marker: Path) -> list[str]:
+    """What went wrong in one case (empty: clean); `lines` are its non-empty stderr lines."""
     problems = []
     if completed.returncode != 2:
         problems.append(f"exit code {completed.returncode}")
@@ -310,7 +310,9 @@ def judge(completed: subprocess.CompletedProcess, before: dict, after: dict, mar
 
 
 def main():
+    """Exit code 1 when a case is not clean; a bad flag of this script is one error line (run_cli)."""
     from tqdm.auto import tqdm
+    from transformers.hf_argparser import string_to_bool
 
     from longctx.io import write_json_atomic
     from longctx.outputs import check_result_files
@@ -318,15 +320,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_json", default="bench/bad_inputs/results.json")
     parser.add_argument("--only", default=None, help="run only cases whose name contains this text")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", type=string_to_bool, nargs="?", const=True, default=False,
+                        help="replace --output_json when it exists (True/False, as the scripts take it)")
     args = parser.parse_args()
     check_result_files(args.output_json, None, overwrite=args.overwrite)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="longctx-bad-inputs-") as scratch_name:
         scratch = Path(scratch_name)
         fixtures = build_fixtures(scratch / "fixtures")
-        case_list = cases(fixtures, Path("/"))
-        selected = [index for index, case in enumerate(case_list) if args.only is None or args.only in case[0]]
+        names = [name for name, _, _ in cases(fixtures, scratch / "unused")]  # each case gets its own folder below
+        selected = [index for index, name in enumerate(names) if args.only is None or args.only in name]
         results = []
         for index in tqdm(selected, desc="bad inputs"):
             case_dir = scratch / f"case{index:03d}"
@@ -338,7 +341,7 @@ def main():
             completed = run(command)
             after = snapshot(scratch)
             lines = [line for line in completed.stderr.splitlines() if line.strip()]
-            problems = judge(completed, before, after, case_dir / MARKER)
+            problems = judge(completed, lines, before, after, case_dir / MARKER)
             results.append({
                 "case": name,
                 "command": " ".join(command).replace(str(scratch), "$SCRATCH"),
@@ -359,8 +362,11 @@ def main():
     }
     write_json_atomic(args.output_json, summary)
     print(f"{summary['clean']} of {len(results)} cases clean; results in {args.output_json}")
-    return 1 if failed else 0
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from longctx.cli import run_cli
+
+    run_cli(main)
