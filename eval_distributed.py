@@ -15,8 +15,6 @@ The flags are eval.py's (`--help`); only rank 0 prints the table and writes the 
 
 import time
 
-import torch.distributed as dist
-
 from longctx.args import PerplexityArguments
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.data import default_eval_data, token_stream
@@ -34,30 +32,26 @@ from longctx.outputs import check_result_files
 def main():
     (args,) = parse_dataclasses((PerplexityArguments,), __doc__)
     started = time.perf_counter()
-    rank, world_size, device = init_distributed()
-    try:
-        data_path = args.data_path or default_eval_data()
-        if args.device_map:
-            raise ValueError("--device_map spreads one model over the GPUs: use eval.py; here each process holds a whole model")
-        plot = check_result_files(args.output_json, args.plot, {"--data_path": data_path}, args.overwrite)
-        tokenizer = load_tokenizer(resolve_model_path(args.base_model, args.cache_dir), args.cache_dir)
-        tokens = token_stream(data_path, tokenizer, args.token_dtype, args.max_tokens)
-        check_lengths(len(tokens), args.seq_lens, args.scoring, args.sliding_window, data_path)
-        model, _ = load_for_inference(**args.loading_options(args.seq_lens[-1], device=device))
-        results = [
-            evaluate_perplexity(
-                model, tokens, seq_len, args.scoring, args.sliding_window, args.batch_size,
-                rank=rank, world_size=world_size, progress=rank == 0, refresh_every=args.progress_bar_fresh_rate,
-            )
-            for seq_len in args.seq_lens
-        ]
-        if rank == 0:
-            config = {**run_config(args, model), "data_path": data_path, "data_tokens": len(tokens), "processes": world_size}
-            config["seconds"] = time.perf_counter() - started
-            report_perplexity(results, config, args.output_json, plot)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    rank, world_size, device = init_distributed()  # run_cli ends the process group
+    data_path = args.data_path or default_eval_data()
+    if args.device_map:
+        raise ValueError("--device_map spreads one model over the GPUs: use eval.py; here each process holds a whole model")
+    plot = check_result_files(args.output_json, args.plot, {"--data_path": data_path}, args.overwrite)
+    tokenizer = load_tokenizer(resolve_model_path(args.base_model, args.cache_dir), args.cache_dir)
+    tokens = token_stream(data_path, tokenizer, args.token_dtype, args.max_tokens)
+    check_lengths(len(tokens), args.seq_lens, args.scoring, args.sliding_window, data_path)
+    model, _ = load_for_inference(**args.loading_options(args.seq_lens[-1], device=device))
+    results = [
+        evaluate_perplexity(
+            model, tokens, seq_len, args.scoring, args.sliding_window, args.batch_size,
+            rank=rank, world_size=world_size, progress=rank == 0, refresh_every=args.progress_bar_fresh_rate,
+        )
+        for seq_len in args.seq_lens
+    ]
+    if rank == 0:
+        config = {**run_config(args, model), "data_path": data_path, "data_tokens": len(tokens), "processes": world_size}
+        config["seconds"] = time.perf_counter() - started
+        report_perplexity(results, config, args.output_json, plot)
 
 
 if __name__ == "__main__":

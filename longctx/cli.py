@@ -34,23 +34,46 @@ def parse_dataclasses(dataclass_types: Sequence[type], description: str | None, 
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's main; bad input ends in one `error:` line and exit code 2, not a traceback.
 
-    Set LONGCTX_DEBUG=1 to see the full traceback instead. A process group left by torchrun/DeepSpeed
-    is destroyed on the way out: exiting with a live gloo group can abort the process
-    ("terminate called without an active exception") after the work is done.
+    Set LONGCTX_DEBUG=1 to see the full traceback instead. A process under torchrun/DeepSpeed leaves
+    through `_leave_process_group` once its work is done.
     """
     program = os.path.basename(sys.argv[0])
     try:
         main()
-        _destroy_process_group()
+        _leave_process_group()
     except USER_ERRORS as error:
         if os.environ.get("LONGCTX_DEBUG"):
             raise
         message = first_line(error)
         print(f"{program}: error: {message}", file=sys.stderr)
+        _destroy_process_group()  # no barrier: the other ranks may not fail, torchrun stops them
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"\n{program}: interrupted; checkpoints already written are kept", file=sys.stderr)
         sys.exit(130)
+
+
+def _leave_process_group() -> None:
+    """End a finished distributed process without the interpreter's teardown touching its gloo groups.
+
+    With a live group, or a destroyed one whose C++ objects DeepSpeed or accelerate still hold, gloo's
+    worker objects can be freed during interpreter finalization and abort the process after its work
+    is done ("terminate called without an active exception", exit -6: pytorch/pytorch#190489, #179291);
+    our CI met it once in ~40 two-process runs. So every rank waits for the others, the groups are
+    destroyed while Python is whole, logs and streams are flushed, and the process exits at once.
+    """
+    import logging
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    _destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _destroy_process_group() -> None:
