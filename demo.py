@@ -1,4 +1,4 @@
-"""Gradio app: upload a long document (.txt/.md/.pdf), ask about it, keep asking (LongLoRA's demo.py).
+r"""Gradio app: upload a long document (.txt/.md/.pdf), ask about it, keep asking (LongLoRA's demo.py).
 
 Answers stream into the page; the document's token count is shown against the window; follow-up
 questions reuse the KV cache of the conversation, so the document is read once. Errors (an
@@ -33,8 +33,8 @@ from longctx.args import DemoArguments
 from longctx.chat import CachePool, ChatSession
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.material import encode, first_turn, read_material
-from longctx.modeling import load_for_inference
 from longctx.prompts import usable_template
+from longctx.reading_model import load_for_inference
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -86,7 +86,7 @@ def build_app(args: DemoArguments, model, tokenizer) -> gr.Blocks:
         try:
             if session is None:
                 turn, _ = first_turn(tokenizer, document["text"], question, window, args.prompt_layout())
-                session = document["session"] = ChatSession(model, tokenizer, window, **args.chat_options())
+                session = document["session"] = ChatSession(model, tokenizer, window, args.chat_settings())
             else:
                 turn = question
         except ValueError as error:
@@ -134,7 +134,7 @@ def build_app(args: DemoArguments, model, tokenizer) -> gr.Blocks:
 def main():
     (args,) = parse_dataclasses((DemoArguments,), __doc__)
     check_port_free(args.host, args.port)
-    model, tokenizer = load_for_inference(**args.loading_options(None))
+    model, tokenizer = load_for_inference(args.reading_model(None))
     args.prompt_template = usable_template(tokenizer, args.prompt_template)
     torch.manual_seed(args.seed)
     app = build_app(args, model, tokenizer)

@@ -1,4 +1,4 @@
-"""Perplexity at one or several context lengths (LongLoRA's eval.py, plus standard strided scoring).
+r"""Perplexity at one or several context lengths (LongLoRA's eval.py, plus standard strided scoring).
 
 The bundled SmolLM2 on the bundled held-out book, 2k/4k/8k tokens, bounded to the first 12k tokens:
     python eval.py --seq_len 2048,4096,8192 --max_tokens 12288 --scoring strided --sliding_window 1024 \
@@ -24,8 +24,9 @@ from longctx.args import PerplexityArguments
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.data import default_eval_data, token_stream
 from longctx.evaluation import check_lengths, evaluate_perplexity, report_perplexity, run_config
-from longctx.modeling import load_for_inference, load_tokenizer, resolve_model_path
+from longctx.modeling import load_tokenizer, resolve_model_path
 from longctx.outputs import check_result_files
+from longctx.reading_model import load_for_inference
 
 
 def main():
@@ -36,7 +37,7 @@ def main():
     tokenizer = load_tokenizer(resolve_model_path(args.base_model, args.cache_dir), args.cache_dir)
     tokens = token_stream(data_path, tokenizer, args.token_dtype, args.max_tokens)
     check_lengths(len(tokens), args.seq_lens, args.scoring, args.sliding_window, data_path)
-    model, _ = load_for_inference(**args.loading_options(args.seq_lens[-1]))
+    model, _ = load_for_inference(args.reading_model(args.seq_lens[-1]))
     print(f"{len(tokens):,} tokens from {data_path}; scoring {args.scoring}, stride {args.sliding_window}", flush=True)
     results = [
         evaluate_perplexity(

@@ -1,4 +1,4 @@
-"""Perplexity at one or several context lengths under torchrun: eval.py's windows shared among processes.
+r"""Perplexity at one or several context lengths under torchrun: eval.py's windows shared among processes.
 
 Each process loads the model and scores every world_size-th window; the window losses are gathered
 and summed in window order, so the figures equal eval.py's. CPU (gloo), 2 processes:
@@ -25,8 +25,9 @@ from longctx.evaluation import (
     report_perplexity,
     run_config,
 )
-from longctx.modeling import load_for_inference, load_tokenizer, resolve_model_path
+from longctx.modeling import load_tokenizer, resolve_model_path
 from longctx.outputs import check_result_files
+from longctx.reading_model import load_for_inference
 
 
 def main():
@@ -40,7 +41,7 @@ def main():
     tokenizer = load_tokenizer(resolve_model_path(args.base_model, args.cache_dir), args.cache_dir)
     tokens = token_stream(data_path, tokenizer, args.token_dtype, args.max_tokens)
     check_lengths(len(tokens), args.seq_lens, args.scoring, args.sliding_window, data_path)
-    model, _ = load_for_inference(**args.loading_options(args.seq_lens[-1], device=device))
+    model, _ = load_for_inference(args.reading_model(args.seq_lens[-1], device=device))
     results = [
         evaluate_perplexity(
             model, tokens, seq_len, args.scoring, args.sliding_window, args.batch_size,

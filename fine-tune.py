@@ -1,4 +1,4 @@
-"""Continued pretraining at a long context with S²-Attn and LoRA+ (LongLoRA's fine-tune.py).
+r"""Continued pretraining at a long context with S²-Attn and LoRA+ (LongLoRA's fine-tune.py).
 
 RoPE is rescaled to --model_max_length, the model trains with shifted sparse attention and LoRA+
 (LoRA on attention plus trainable embeddings and norms), and a perplexity check with full attention
@@ -59,10 +59,14 @@ def training_free_check(model_args, train_args, rows, before: dict | None) -> di
         return None
     if model_args.rope_method == "yarn" and not model_args.start_from:
         return {**before, "method": "yarn"}
-    from longctx.modeling import load_model_and_tokenizer
+    from longctx.modeling import WeightLoading, load_model_and_tokenizer
+    from longctx.rope import RopeRequest
 
     model, _ = load_model_and_tokenizer(
-        model_args.model_name_or_path, dtype=model_args.dtype, context_size=train_args.model_max_length, rope_method="yarn"
+        model_args.model_name_or_path,
+        train_args.model_max_length,
+        RopeRequest("yarn"),
+        WeightLoading(dtype=model_args.dtype, cache_dir=model_args.cache_dir),
     )
     return {**rows_perplexity(model, rows), "method": "yarn"}
 

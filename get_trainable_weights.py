@@ -1,4 +1,4 @@
-"""Split a LoRA+ training checkpoint into the adapter and the trainable embed/norm weights.
+r"""Split a LoRA+ training checkpoint into the adapter and the trainable embed/norm weights.
 
 Reads a Trainer checkpoint saved plainly, under torchrun, or by DeepSpeed ZeRO-2/3 (consolidated with
 DeepSpeed's own zero_to_fp32), and LongLoRA's `pytorch_model.bin` layout. Writes, by default into the

@@ -1,4 +1,4 @@
-"""Ask a (long-context) model about a long material: a book or paper as .txt/.md or .pdf (LongLoRA's inference.py).
+r"""Ask a (long-context) model about a long material: a book or paper as .txt/.md or .pdf (LongLoRA's inference.py).
 
 The material and the question form one user turn, rendered with the tokenizer's chat template (or
 --prompt_template llama2 for LongLoRA/LongAlpaca models); the answer streams to the terminal.
@@ -29,21 +29,21 @@ from longctx.args import InferenceArguments
 from longctx.chat import ChatSession
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.material import first_turn, read_material
-from longctx.modeling import load_for_inference
 from longctx.prompts import usable_template
+from longctx.reading_model import load_for_inference
 
 
 def main():
     (args,) = parse_dataclasses((InferenceArguments,), __doc__)
     material = read_material(args.material, ocr=args.ocr)
-    model, tokenizer = load_for_inference(**args.loading_options(None))
+    model, tokenizer = load_for_inference(args.reading_model(None))
     args.prompt_template = usable_template(tokenizer, args.prompt_template)
     window = args.window(model)
     question = args.question or input("question> ")
     user_turn, size = first_turn(tokenizer, material, question, window, args.prompt_layout())
     print(size, file=sys.stderr)
     torch.manual_seed(args.seed)
-    session = ChatSession(model, tokenizer, window, **args.chat_options())
+    session = ChatSession(model, tokenizer, window, args.chat_settings())
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     session.ask(user_turn, streamer)
     while args.chat:

@@ -1,4 +1,4 @@
-"""Merge LoRA adapter(s) and LoRA+ trainable weights into a base model; save a plain HF model.
+r"""Merge LoRA adapter(s) and LoRA+ trainable weights into a base model; save a plain HF model.
 
 Each --peft_model folder (adapter_model.safetensors, adapter_config.json, trainable_params.safetensors,
 as fine-tune.py and get_trainable_weights.py write them; LongLoRA's .bin files too) is applied in the
@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from transformers import AutoConfig
 
 from longctx.cli import parse_dataclasses, run_cli
+from longctx.errors import check_choice
 from longctx.merging import merge_and_save
-from longctx.modeling import DTYPES
-from longctx.rope import ROPE_METHODS, context_window
+from longctx.modeling import DTYPES, WeightLoading
+from longctx.rope import ROPE_METHODS, RopeRequest, context_window
 
 
 @dataclass
@@ -73,10 +74,9 @@ class Arguments:
     def __post_init__(self):
         if self.context_size is not None and self.context_size <= 0:
             raise ValueError(f"--context_size must be positive (got {self.context_size})")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype {self.dtype} is not one of {', '.join(DTYPES)}")
-        if self.rope_method is not None and self.rope_method not in ROPE_METHODS:
-            raise ValueError(f"--rope_method {self.rope_method} is not one of {', '.join(ROPE_METHODS)}")
+        check_choice("--dtype", self.dtype, DTYPES)
+        if self.rope_method is not None:
+            check_choice("--rope_method", self.rope_method, ROPE_METHODS)
         if self.push_to_hub:
             raise ValueError("--push_to_hub: longctx uploads nothing; upload --save_path yourself (huggingface-cli upload)")
         if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
@@ -88,18 +88,12 @@ class Arguments:
 
 def main():
     (args,) = parse_dataclasses((Arguments,), __doc__)
+    weights = WeightLoading(
+        dtype=args.dtype, device_map=args.device_map(), cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code
+    )
+    rope = RopeRequest(args.rope_method, args.rope_factor)
     save_path = merge_and_save(
-        args.base_model,
-        args.peft_model,
-        args.context_size,
-        args.save_path,
-        dtype=args.dtype,
-        rope_method=args.rope_method,
-        rope_options=None if args.rope_factor is None else {"factor": args.rope_factor},
-        require_trainable_params=args.require_trainable_params,
-        device_map=args.device_map(),
-        cache_dir=args.cache_dir,
-        trust_remote_code=args.trust_remote_code,
+        args.base_model, args.peft_model, args.context_size, args.save_path, rope, weights, args.require_trainable_params
     )
     config = AutoConfig.from_pretrained(save_path)
     print(f"merged {len(args.peft_model)} adapter(s) into {args.base_model}; saved to {save_path}")

@@ -1,4 +1,4 @@
-"""Needle in a haystack: a sentence hidden at depths 0-100% of real text, by length (LongAlign, ChunkLlama).
+r"""Needle in a haystack: a sentence hidden at depths 0-100% of real text, by length (LongAlign, ChunkLlama).
 
 The needle (default: "The best thing to do in San Francisco is eat a sandwich and sit in Dolores
 Park on a sunny day.") is placed at each --depths percentage of book text cut to each length
@@ -24,8 +24,8 @@ from longctx.args import NeedleArguments
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.data import default_eval_data
 from longctx.evaluation import run_config
-from longctx.modeling import load_for_inference
 from longctx.outputs import check_result_files
+from longctx.reading_model import load_for_inference
 from longctx.retrieval import answer_correct, needle_case, read_haystack, report_retrieval, run_retrieval, split_sentences
 
 
@@ -35,7 +35,7 @@ def main():
     haystack_path = args.haystack or default_eval_data()
     plot = check_result_files(args.output_json, args.plot, {"--haystack": haystack_path}, args.overwrite)
     sentences = split_sentences(read_haystack(haystack_path))
-    model, tokenizer = load_for_inference(**args.loading_options(args.max_tokens))
+    model, tokenizer = load_for_inference(args.reading_model(args.max_tokens))
 
     def make_case(length, depth, test):
         # each test's haystack starts at another place in the books

@@ -1,4 +1,4 @@
-"""Passkey retrieval accuracy by prompt length (LongLoRA's passkey_retrivial.py; its spelling kept).
+r"""Passkey retrieval accuracy by prompt length (LongLoRA's passkey_retrivial.py; its spelling kept).
 
 A random key (1-50000) hides in filler text at a random depth ("The grass is green. The sky is
 blue. ..."); the model is asked for it and decodes greedily; a test passes when the first number of
@@ -25,8 +25,8 @@ import time
 from longctx.args import RetrievalArguments
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.evaluation import run_config
-from longctx.modeling import load_for_inference
 from longctx.outputs import check_result_files
+from longctx.reading_model import load_for_inference
 from longctx.retrieval import passkey_case, passkey_correct, report_retrieval, run_retrieval
 
 
@@ -34,7 +34,7 @@ def main():
     (args,) = parse_dataclasses((RetrievalArguments,), __doc__)
     started = time.perf_counter()
     plot = check_result_files(args.output_json, args.plot, overwrite=args.overwrite)
-    model, tokenizer = load_for_inference(**args.loading_options(args.max_tokens))
+    model, tokenizer = load_for_inference(args.reading_model(args.max_tokens))
 
     def make_case(length, depth, test):
         # LongLoRA seeds test i with i: the same keys at every length

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from longctx.args import DataArguments, LongContextTrainingArguments, ModelArguments, PerplexityCheckArguments
 from longctx.cli import parse_dataclasses, run_cli
-from longctx.stages import START_MODES
+from longctx.stages import check_start_mode
 
 FINE_TUNE = Path(__file__).resolve().parent / "fine-tune.py"
 STAGE_RESULTS = "fine-tune-results.json"
@@ -57,8 +57,7 @@ class ProgressiveArguments:
         self.steps = _per_stage("--stage_steps", _numbers("--stage_steps", self.stage_steps, int), len(self.lengths))
         thetas = _numbers("--stage_rope_theta", self.stage_rope_theta, float) if self.stage_rope_theta else None
         self.thetas = _per_stage("--stage_rope_theta", thetas, len(self.lengths)) if thetas else [None] * len(self.lengths)
-        if self.start_mode not in START_MODES:
-            raise ValueError(f"--start_mode {self.start_mode} is not one of {', '.join(START_MODES)}")
+        check_start_mode(self.start_mode)
 
 
 def _numbers(flag: str, text: str, kind: type) -> list:

@@ -1,4 +1,4 @@
-"""How long is the context really? RULER's effective length (Hsieh et al. 2024), 13 tasks by length.
+r"""How long is the context really? RULER's effective length (Hsieh et al. 2024), 13 tasks by length.
 
 RULER's synthetic tasks in four families: retrieval (niah_single_1/2/3, niah_multikey_1/2/3,
 niah_multivalue, niah_multiquery), multi-hop tracing (vt), aggregation (cwe, fwe) and question
@@ -28,31 +28,45 @@ import time
 from longctx.args import RulerArguments
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.evaluation import run_config
-from longctx.modeling import load_for_inference
 from longctx.outputs import check_result_files
-from longctx.ruler_scoring import report_ruler, run_ruler
+from longctx.reading_model import load_for_inference
+from longctx.ruler_scoring import report_ruler, resumed_records, run_ruler, save_partial
 from longctx.ruler_tasks import check_lengths, load_material, make_sample
+
+# what a sample and its reply depend on: an interrupted run resumes only if these are the same
+RESUME_SETTINGS = (
+    "base_model", "peft_model", "context_size", "rope_method", "rope_factor", "rope_theta", "rope_parameters",
+    "dtype", "load_in_4bit", "bnb_4bit_compute_dtype", "flash_attn", "dca", "pretraining_length",
+    "dca_chunk_size", "dca_local_window", "haystack", "seed", "batch_size",
+)
 
 
 def main():
     (args,) = parse_dataclasses((RulerArguments,), __doc__)
     started = time.perf_counter()
-    plot = check_result_files(args.output_json, args.plot, {"--haystack": args.haystack}, args.overwrite)
+    plot = check_result_files(args.output_json, args.plot, {"--haystack": args.haystack}, args.overwrite or args.resume)
     material = load_material(args.haystack)
-    model, tokenizer = load_for_inference(**args.loading_options(args.target_lengths[-1]))
+    model, tokenizer = load_for_inference(args.reading_model(args.target_lengths[-1]))
     check_lengths(tokenizer, material, args.task_names, args.target_lengths, args.seed)  # before any generation
 
     def make(task, length, index):
         return make_sample(tokenizer, material, task, length, index, seed=args.seed)
 
     batch_size = 1 if args.dca else args.batch_size  # DCA refuses padded batches
-    records = run_ruler(model, tokenizer, args.task_names, args.target_lengths, args.num_samples, make, batch_size)
-    config = {
-        **run_config(args, model),
-        "haystack": material.source,
-        "batch_size": batch_size,
-        "seconds": time.perf_counter() - started,
-    }
+    config = {**run_config(args, model), "haystack": material.source, "batch_size": batch_size}
+    done = resumed_records(args.output_json, config, RESUME_SETTINGS) if args.resume else []
+    if done:
+        print(f"--resume: {len(done)} samples answered earlier in {args.output_json}; those asked for again are kept")
+
+    def save(records):
+        if args.output_json:
+            save_partial(records, config, args.threshold, args.output_json, args.task_names)
+
+    records = run_ruler(
+        model, tokenizer, args.task_names, args.target_lengths, args.num_samples, make, batch_size,
+        done=done, after_cell=save,
+    )
+    config["seconds"] = time.perf_counter() - started  # this run's, not an interrupted one's
     report_ruler(records, config, args.threshold, args.output_json, plot, title=f"RULER: {args.base_model}")
 
 

@@ -24,10 +24,11 @@ from pathlib import Path
 from transformers import TextStreamer
 
 from longctx.args import InferenceModelArguments
-from longctx.chat import ChatSession
+from longctx.chat import ChatSession, ChatSettings
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.io import write_json_atomic
-from longctx.modeling import DEFAULT_MODEL, load_for_inference
+from longctx.modeling import DEFAULT_MODEL
+from longctx.reading_model import load_for_inference
 
 PROMPT = "USER: {instruction}\n\nASSISTANT: "  # StreamingLLM's format, as LongLoRA's script asks
 
@@ -75,10 +76,11 @@ def read_instructions(path: str) -> list[str]:
 def main():
     (args,) = parse_dataclasses((StreamingArguments,), __doc__)
     instructions = read_instructions(args.test_filepath)
-    model, tokenizer = load_for_inference(**args.loading_options(None))
+    model, tokenizer = load_for_inference(args.reading_model(None))
     window = args.context_size or model.config.max_position_embeddings
     streaming = (args.start_size, args.recent_size) if args.enable_streaming else None
-    session = ChatSession(model, tokenizer, window, max_gen_len=args.max_gen_len, temperature=0, streaming=streaming)
+    settings = ChatSettings(max_gen_len=args.max_gen_len, temperature=0, streaming=streaming)
+    session = ChatSession(model, tokenizer, window, settings)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     rounds = []
     for instruction in instructions:

@@ -59,13 +59,15 @@ def parse_args(argv=None):
 
 def load(args, method: str, context_size: int):
     """SmolLM2 read with one method: 'none', 'dca', or '<rope method>:<factor>'."""
-    from longctx.modeling import load_for_inference
+    from longctx.reading_model import DualChunkSizes, ReadingModel, load_for_inference
+    from longctx.rope import RopeRequest
 
     if method in ("none", "dca"):
-        return load_for_inference(args.model, rope_method="none", dca=method == "dca", pretraining_length=args.pretraining_length)
+        dca = DualChunkSizes(args.pretraining_length) if method == "dca" else None
+        return load_for_inference(ReadingModel(args.model, rope=RopeRequest("none"), dca=dca))
     rope_method, _, factor = method.partition(":")
-    options = {"factor": float(factor)} if factor else {}
-    return load_for_inference(args.model, context_size=context_size, rope_method=rope_method, rope_options=options)
+    rope = RopeRequest(rope_method, float(factor) if factor else None)
+    return load_for_inference(ReadingModel(args.model, context_size=context_size, rope=rope))
 
 
 def perplexity_suite(args) -> dict:
@@ -115,9 +117,9 @@ def prefill_suite(args) -> dict:
 
     from longctx.chunk_attention import disable_dual_chunk_attention, enable_dual_chunk_attention
     from longctx.loss import final_hidden_states
-    from longctx.modeling import load_for_inference
+    from longctx.reading_model import load_for_inference
 
-    model, tokenizer = load_for_inference(args.model, rope_method="none")
+    model, tokenizer = load_for_inference(ReadingModel(args.model, rope=RopeRequest("none")))
     input_ids = book_tokens(ROOT / args.books[0], tokenizer, args.seq_lens[-1])
     rows = []
     for length in args.seq_lens:

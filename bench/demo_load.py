@@ -1,4 +1,4 @@
-"""demo.py under load: several clients at once, each asking about its own uploaded document for a while.
+r"""demo.py under load: several clients at once, each asking about its own uploaded document for a while.
 
 Each client (a gradio_client session, in its own thread) uploads a passage of a different bundled
 book with one fact of its own hidden in the middle (a pass key), then asks for it again and again in

@@ -1,4 +1,4 @@
-"""Drive a running demo.py in headless chromium: upload a document, ask, wait for the answer, screenshot it.
+r"""Drive a running demo.py in headless chromium: upload a document, ask, wait for the answer, screenshot it.
 
 Makes the README's screenshot with the bundled SmolLM2:
     python demo.py --port 8898 --temperature 0 --max_gen_len 48 &

@@ -81,16 +81,22 @@ def reach(args, method: str, native_window: int, trained_length: int | None) -> 
 
 
 def load(args, method: str, context_size: int):
-    from longctx.modeling import load_for_inference
+    from longctx.reading_model import DualChunkSizes, ReadingModel, load_for_inference
+    from longctx.rope import RopeRequest
 
     name, _, factor = method.partition(":")
+    dca = DualChunkSizes() if name in ("dca", "trained+dca") else None
     if name in ("native", "sliding", "dca"):
-        return load_for_inference(args.model, rope_method="none", dca=name == "dca")
+        return load_for_inference(ReadingModel(args.model, rope=RopeRequest("none"), dca=dca))
     if name == "trained+sliding":  # RoPE exactly as trained, whatever the lengths read
-        return load_for_inference(args.model, peft_model=args.peft_model)
+        return load_for_inference(ReadingModel(args.model, peft_model=args.peft_model))
     if name in TRAINED:
-        return load_for_inference(args.model, peft_model=args.peft_model, context_size=context_size, dca=name == "trained+dca")
-    return load_for_inference(args.model, context_size=context_size, rope_method=name, rope_options={"factor": float(factor)})
+        return load_for_inference(
+            ReadingModel(args.model, peft_model=args.peft_model, context_size=context_size, dca=dca)
+        )
+    return load_for_inference(
+        ReadingModel(args.model, context_size=context_size, rope=RopeRequest(name, float(factor)))
+    )
 
 
 def method_losses(args, method: str, input_ids, lengths: list[int], native_window: int) -> dict[int, float]:

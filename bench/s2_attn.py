@@ -106,11 +106,13 @@ def train_worker(impl: str, seq_len: int, args, dtype: str | None = None, load_i
     from longctx.data import default_pretraining_data, load_pretraining_dataset
     from longctx.loss import causal_lm_loss
     from longctx.lora import setup_lora
-    from longctx.modeling import load_model_and_tokenizer
+    from longctx.modeling import WeightLoading, load_model_and_tokenizer
 
     dtype = dtype or args.dtype
     model, tokenizer = load_model_and_tokenizer(
-        args.model, dtype=dtype, context_size=seq_len, load_in_4bit=load_in_4bit, compute_dtype=dtype
+        args.model,
+        context_size=seq_len,
+        weights=WeightLoading(dtype=dtype, load_in_4bit=load_in_4bit, compute_dtype=dtype),
     )
     if not load_in_4bit:  # 4-bit weights are placed at load time
         model.to(args.device)

@@ -14,6 +14,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, GenerationConfig
@@ -23,27 +24,31 @@ from longctx.prompts import encode_prompt, render_conversation
 from longctx.streaming import StreamingCache
 
 
+@dataclass(frozen=True)
+class ChatSettings:
+    """How a conversation answers: at most `max_gen_len` new tokens per answer, sampled at `temperature`
+    (0: greedy) with nucleus `top_p`, prompts in `template` (longctx.prompts), and with `streaming`
+    (attention sinks, recent tokens) a StreamingCache instead of a growing one."""
+
+    max_gen_len: int = 512
+    temperature: float = 0.6
+    top_p: float = 0.9
+    template: str = "chat"
+    streaming: tuple[int, int] | None = None
+
+
 class ChatSession:
     """A conversation with `model`; `ask()` appends a user turn, generates the answer and returns it."""
 
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        window: int,
-        max_gen_len: int = 512,
-        temperature: float = 0.6,
-        top_p: float = 0.9,
-        template: str = "chat",
-        streaming: tuple[int, int] | None = None,
-    ):
-        self.model, self.tokenizer, self.template = model, tokenizer, template
-        self.window, self.max_gen_len, self.streaming = window, max_gen_len, streaming
+    def __init__(self, model, tokenizer, window: int, settings: ChatSettings = ChatSettings()):
+        self.model, self.tokenizer, self.template = model, tokenizer, settings.template
+        self.window, self.max_gen_len, self.streaming = window, settings.max_gen_len, settings.streaming
+        sampling = settings.temperature > 0
         self.generation_config = GenerationConfig(
-            max_new_tokens=max_gen_len,
-            do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else None,
-            top_p=top_p if temperature > 0 else None,
+            max_new_tokens=settings.max_gen_len,
+            do_sample=sampling,
+            temperature=settings.temperature if sampling else None,
+            top_p=settings.top_p if sampling else None,
             num_beams=1,
             eos_token_id=model.generation_config.eos_token_id or tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,

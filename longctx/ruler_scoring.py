@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from longctx.errors import first_line
 from longctx.io import write_json_atomic
 from longctx.ruler_tasks import TASKS, RulerSample
 
@@ -79,15 +80,25 @@ def run_ruler(
     batch_size: int = 4,
     generate: Callable = generate_batch,
     progress: bool = True,
+    done: Sequence[dict] = (),
+    after_cell: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
-    """Every (length, task, sample) built, answered in batches and scored; one record each."""
-    records = []
-    with tqdm(total=len(lengths) * len(tasks) * num_samples, desc="ruler", unit="sample", disable=not progress) as bar:
+    """Every (length, task, sample) built, answered in batches and scored; one record each.
+
+    Samples with a record in `done` (an interrupted run's, same settings) are kept, not answered again.
+    `after_cell(records)` is called with every record so far once each task at each length is complete,
+    so a caller can save them as it goes.
+    """
+    asked = lambda record: record["task"] in tasks and record["length"] in lengths and record["index"] < num_samples
+    records = [dict(record) for record in done if asked(record)]
+    answered = {(record["task"], record["length"], record["index"]) for record in records}
+    total = len(lengths) * len(tasks) * num_samples
+    with tqdm(total=total, initial=len(answered), desc="ruler", unit="sample", disable=not progress) as bar:
         for length in lengths:
             for task in tasks:
-                for start in range(0, num_samples, batch_size):
-                    indices = range(start, min(start + batch_size, num_samples))
-                    samples = [make_sample(task, length, index) for index in indices]
+                missing = [index for index in range(num_samples) if (task, length, index) not in answered]
+                for start in range(0, len(missing), batch_size):
+                    samples = [make_sample(task, length, index) for index in missing[start : start + batch_size]]
                     began = time.perf_counter()
                     replies = generate(model, tokenizer, [s.input_ids for s in samples], samples[0].max_new_tokens)
                     seconds = (time.perf_counter() - began) / len(samples)
@@ -106,6 +117,31 @@ def run_ruler(
                         })
                     bar.update(len(samples))
                     bar.set_postfix(length=length, task=task)
+                if missing and after_cell is not None:
+                    after_cell(records)
+    return records
+
+
+def resumed_records(output_json: str, config: dict, settings: Sequence[str]) -> list[dict]:
+    """The records of an interrupted run in `output_json`, if it ran with the same `settings` (keys of
+    `config`, the ones its samples and replies depend on); ValueError naming the first that differs."""
+    import json
+    from pathlib import Path
+
+    path = Path(output_json)
+    if not path.is_file():
+        return []
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        earlier_config, records = earlier["config"], earlier["records"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--resume: {path} is not a ruler.py result ({first_line(error)})") from None
+    for key in settings:
+        if earlier_config.get(key) != config.get(key):
+            raise ValueError(
+                f"--resume: {path} was run with {key} = {earlier_config.get(key)!r}, this run has {config.get(key)!r}; "
+                "resume with the same flags or choose another --output_json"
+            )
     return records
 
 
@@ -119,9 +155,14 @@ def effective_length(averages: dict[int, float], threshold: float) -> int | None
     return passed
 
 
-def summarize(records: Sequence[dict], threshold: float = RULER_THRESHOLD) -> dict:
-    """Scores per task and length (0-100), their average per length, and the effective lengths."""
+def summarize(records: Sequence[dict], threshold: float = RULER_THRESHOLD, asked: Sequence[str] | None = None) -> dict:
+    """Scores per task and length (0-100), their average per length, and the effective lengths.
+
+    `asked`: the tasks the run asks for (default: those with records); a length is averaged only once
+    every one of them has a score there, so a stopped run's partial length has no average.
+    """
     tasks = [task for task in TASKS if any(record["task"] == task for record in records)]
+    averaged = tasks if asked is None else list(asked)
     lengths = sorted({record["length"] for record in records})
     scores = {task: {} for task in tasks}
     for task in tasks:
@@ -130,9 +171,9 @@ def summarize(records: Sequence[dict], threshold: float = RULER_THRESHOLD) -> di
             if cell:
                 scores[task][length] = round(100 * sum(cell) / len(cell), 2)
     average = {
-        length: round(sum(scores[task][length] for task in tasks) / len(tasks), 2)
+        length: round(sum(scores[task][length] for task in averaged) / len(averaged), 2)
         for length in lengths
-        if all(length in scores[task] for task in tasks)
+        if all(length in scores.get(task, {}) for task in averaged)
     }
     reference = average.get(lengths[0]) if lengths else None
     relative_threshold = round(threshold / 100 * reference, 2) if reference else None
@@ -148,6 +189,15 @@ def summarize(records: Sequence[dict], threshold: float = RULER_THRESHOLD) -> di
         "families": {task: TASKS[task].family for task in tasks},
         "lengths": lengths,
     }
+
+
+def save_partial(
+    records: Sequence[dict], config: dict, threshold: float, output_json: str, asked: Sequence[str]
+) -> None:
+    """What a run leaves if it stops early: the summary of the cells done so far (of the `asked` tasks),
+    `"complete": false`, and their records, which `--resume` goes on from."""
+    summary = summarize(records, threshold, asked)
+    write_json_atomic(output_json, {**summary, "complete": False, "config": config, "records": list(records)})
 
 
 def report_ruler(
@@ -168,7 +218,7 @@ def report_ruler(
     )
     plot = plot_path(output_json, plot)
     if output_json:
-        write_json_atomic(output_json, {**summary, "config": config, "plot": plot, "records": list(records)})
+        write_json_atomic(output_json, {**summary, "complete": True, "config": config, "plot": plot, "records": list(records)})
         print(f"results written to {output_json}")
     if plot:
         grid = [[summary["scores"][task].get(length) for length in lengths] for task in tasks]

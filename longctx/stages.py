@@ -12,15 +12,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from longctx.errors import check_choice
 from longctx.lora import load_trainable_params, trainable_params_path
 from longctx.training_record import adapter_chain
 
 START_MODES = ("merge", "continue")
 
 
+def check_start_mode(mode: str) -> None:
+    check_choice("--start_mode", mode, START_MODES)
+
+
 def check_start(folder: str | Path, mode: str) -> None:
-    if mode not in START_MODES:
-        raise ValueError(f"--start_mode {mode} is not one of {', '.join(START_MODES)}")
+    check_start_mode(mode)
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"--start_from {folder}: no such folder")
 

@@ -150,13 +150,10 @@ def load_training_model(model_args, train_args):
     check_sequence_parallel(model_args.model_name_or_path, train_args, model_args.cache_dir)
     model, tokenizer = load_model_and_tokenizer(
         model_args.model_name_or_path,
-        dtype=model_args.dtype,
-        context_size=train_args.model_max_length,
-        rope_method=model_args.rope_method,
-        rope_options=model_args.rope_options(),
+        train_args.model_max_length,
+        model_args.rope_request(),
+        model_args.weight_loading(),
         training_record=read_record(model_args.start_from),
-        cache_dir=model_args.cache_dir,
-        **model_args.quantization_options(),
     )
     check_model_type(model_args.model_type, model.config)
     add_pad_token(model, tokenizer)  # before earlier stages merge: theirs have the same rows

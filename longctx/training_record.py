@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from longctx.io import write_json_atomic
-from longctx.rope import default_rope_method
+from longctx.rope import RopeRequest
 
 RECORD_FILE = "longctx_training.json"
 
@@ -111,10 +111,9 @@ def _same(asked: str | float, trained: str | float | None) -> bool:
     return trained is not None and math.isclose(asked, trained, rel_tol=1e-6)
 
 
-def check_rope_flags(record: TrainingRecord, folder, rope_method: str | None, rope_options: dict | None) -> None:
+def check_rope_flags(record: TrainingRecord, folder, rope: RopeRequest) -> None:
     """Refuse a RoPE flag that contradicts what the adapter was trained with: one line naming both."""
-    options = rope_options or {}
-    asked = {"--rope_method": rope_method, "--rope_factor": options.get("factor"), "--rope_theta": options.get("rope_theta")}
+    asked = {"--rope_method": rope.method, "--rope_factor": rope.factor, "--rope_theta": rope.theta}
     trained = {"--rope_method": record.rope_method, "--rope_factor": record.rope_factor, "--rope_theta": record.rope_theta}
     for flag, value in asked.items():
         if value is not None and not _same(value, trained[flag]):
@@ -124,20 +123,17 @@ def check_rope_flags(record: TrainingRecord, folder, rope_method: str | None, ro
             )
 
 
-def rope_for_reading(
-    record: TrainingRecord | None, folder, rope_method: str | None, rope_options: dict | None, dca: bool
-) -> tuple[str, dict]:
-    """The RoPE method and options to read with: the record's (checked against any flag), else the old defaults.
+def rope_for_reading(record: TrainingRecord | None, folder, rope: RopeRequest, dca: bool) -> RopeRequest:
+    """The RoPE to read with: the record's (checked against any flag), else the request with its default method.
 
-    `rope_method` None means not asked for: then the record's method, which also extends any length past
-    the trained window, except under DCA, which reads past it with no rescaling; without a record,
-    longctx.rope.default_rope_method.
+    A method not asked for is the record's, which also extends any length past the trained window,
+    except under DCA, which reads past it with no rescaling; the record's parameters are already in the
+    config (`apply_record`), so none are passed on. Without a record: `RopeRequest.with_default_method`.
     """
-    rope_options = dict(rope_options or {})
     if record is not None:
-        check_rope_flags(record, folder, rope_method, rope_options)
-        return rope_method or ("none" if dca else record.rope_method), {}
-    return rope_method or default_rope_method(rope_options, dca), rope_options
+        check_rope_flags(record, folder, rope)
+        return RopeRequest(rope.method or ("none" if dca else record.rope_method))
+    return rope.with_default_method(dca)
 
 
 def apply_record(config, record: TrainingRecord):

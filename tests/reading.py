@@ -3,12 +3,13 @@
 import torch
 
 from longctx.material import fit_material
-from longctx.modeling import load_for_inference
+from longctx.reading_model import ReadingModel, load_for_inference
 
 
 def expected_answer(model_dir, material: str, question: str, window: int, max_gen_len: int, seed: int):
     """(answer, prompt length): the material prompt sampled at the scripts' defaults (temperature 0.6, top-p 0.9)."""
-    model, tokenizer = load_for_inference(str(model_dir), context_size=window)  # RoPE scaled as the scripts do
+    # RoPE scaled as the scripts do
+    model, tokenizer = load_for_inference(ReadingModel(str(model_dir), context_size=window))
     prompt = torch.tensor([fit_material(tokenizer, material, question, window=window, max_gen_len=max_gen_len).input_ids])
     torch.manual_seed(seed)
     output = model.generate(

@@ -30,7 +30,8 @@ from longctx.chunk_attention import (
     replace_with_chunkllama,
     replace_with_chunkmixtral,
 )
-from longctx.rope import extend_context
+from longctx.reading_model import DualChunkSizes, ReadingModel
+from longctx.rope import RopeRequest, extend_context
 from tests.scripts import run_script, run_script_expecting_error
 from tests.tiny_models import tiny_llama, tiny_llama_config
 
@@ -312,9 +313,9 @@ def test_scripts_reject_bad_dca_input(tiny_model_dir, tmp_path, capsys):
 @torch.no_grad()
 def test_real_smollm2_dca_matches_reference_and_cache():
     """SmolLM2's real weights, DCA at a 128-token unit over 300 tokens: reference, block prefix and cache."""
-    from longctx.modeling import load_for_inference
+    from longctx.reading_model import load_for_inference
 
-    model, tokenizer = load_for_inference("smollm2", rope_method="none", dca=True, pretraining_length=128)
+    model, tokenizer = load_for_inference(ReadingModel("smollm2", rope=RopeRequest("none"), dca=DualChunkSizes(128)))
     settings = model.config.dual_chunk_attention
     assert (settings["chunk_size"], settings["local_window"]) == (96, 16)
     text = Path("data/pg19_eval/pg19test_29973.txt").read_text(encoding="utf-8")[:3000]
@@ -327,7 +328,7 @@ def test_real_smollm2_dca_matches_reference_and_cache():
     torch.testing.assert_close(ours, model(input_ids).logits, rtol=1e-4, atol=1e-4)
     model.set_attn_implementation("dual_chunk")
     block = settings["chunk_size"] - settings["local_window"]
-    plain, _ = load_for_inference("smollm2", rope_method="none")
+    plain, _ = load_for_inference(ReadingModel("smollm2", rope=RopeRequest("none")))
     torch.testing.assert_close(ours[:, :block], plain(input_ids[:, :block]).logits, rtol=1e-4, atol=1e-4)
     cache = DynamicCache(config=model.config)
     model(input_ids[:, :250], past_key_values=cache, use_cache=True)
@@ -336,7 +337,7 @@ def test_real_smollm2_dca_matches_reference_and_cache():
 
 
 def test_inference_script_with_dca(tiny_model_dir, tmp_path, capsys):
-    """inference.py (load_options(None)) takes --dca too and answers over a material longer than a block."""
+    """inference.py (reading_model(None)) takes --dca too and answers over a material longer than a block."""
     material = tmp_path / "story.txt"
     material.write_text("The grass is green. The sky is blue. " * 5, encoding="utf-8")
     run_script(

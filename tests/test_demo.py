@@ -3,6 +3,7 @@ import socket
 import pytest
 
 from longctx.demo_client import ask_and_watch, message_text
+from longctx.reading_model import ReadingModel
 from tests.demo_server import running_demo
 from tests.reading import expected_answer
 from tests.scripts import run_script_expecting_error
@@ -84,11 +85,11 @@ def expected_conversation(model_dir, document: str, questions: list[str], window
     from longctx.args import DemoArguments
     from longctx.chat import ChatSession
     from longctx.material import first_turn
-    from longctx.modeling import load_for_inference
+    from longctx.reading_model import load_for_inference
 
     args = DemoArguments(base_model=str(model_dir), context_size=window, max_gen_len=max_gen_len, temperature=0)
-    model, tokenizer = load_for_inference(str(model_dir), context_size=window)
-    session = ChatSession(model, tokenizer, window, **args.chat_options())
+    model, tokenizer = load_for_inference(ReadingModel(str(model_dir), context_size=window))
+    session = ChatSession(model, tokenizer, window, args.chat_settings())
     turn, _ = first_turn(tokenizer, document, questions[0], window, args.prompt_layout())
     return [session.ask(turn), *(session.ask(question) for question in questions[1:])]
 

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from longctx.data import token_stream
 from longctx.evaluation import evaluate_perplexity
-from longctx.modeling import load_for_inference
+from longctx.reading_model import ReadingModel, load_for_inference
 from tests.scripts import ROOT, run_script, run_script_expecting_error
 
 BOOK = ROOT / "data" / "pg19_eval" / "pg19test_29973.txt"
@@ -35,7 +35,7 @@ def test_eval_writes_the_library_figures_json_and_plot(tiny_model_dir, tmp_path,
     assert report["config"]["data_tokens"] == 200 and report["config"]["seq_lens"] == [32, 64]
     assert (tmp_path / "eval.png").read_bytes()[:8] == PNG_MAGIC
 
-    model, tokenizer = load_for_inference(str(tiny_model_dir), context_size=64)
+    model, tokenizer = load_for_inference(ReadingModel(str(tiny_model_dir), context_size=64))
     tokens = token_stream(str(BOOK), tokenizer, max_tokens=200)
     for result in results:
         expected = evaluate_perplexity(model, tokens, result["seq_len"], scoring, 24, progress=False)

@@ -9,7 +9,8 @@ import torch
 
 from longctx.data import token_stream
 from longctx.evaluation import Window, evaluate_perplexity, plan_windows
-from longctx.modeling import load_for_inference
+from longctx.reading_model import ReadingModel, load_for_inference
+from longctx.rope import RopeRequest
 from longctx.token_files import write_token_file
 from tests.tiny_models import save_moved_adapter, tiny_llama
 
@@ -139,17 +140,19 @@ def test_load_for_inference_applies_adapter_and_trainable_params(tmp_path, tiny_
     input_ids = torch.tensor([[5, 9, 30, 31, 100, 7, 8]])
     with torch.no_grad():
         expected = tuned(input_ids=input_ids).logits
-        loaded, _ = load_for_inference(str(tiny_model_dir), str(tmp_path), rope_method="none")
-        base, _ = load_for_inference(str(tiny_model_dir), rope_method="none")
+        loaded, _ = load_for_inference(
+            ReadingModel(str(tiny_model_dir), peft_model=str(tmp_path), rope=RopeRequest("none"))
+        )
+        base, _ = load_for_inference(ReadingModel(str(tiny_model_dir), rope=RopeRequest("none")))
         assert not loaded.training and type(loaded).__name__ == "LlamaForCausalLM"  # merged, no PEFT wrapper
         torch.testing.assert_close(loaded(input_ids=input_ids).logits, expected, rtol=1e-4, atol=1e-4)
         assert not torch.allclose(base(input_ids=input_ids).logits, expected, atol=1e-2)
 
     with pytest.raises(FileNotFoundError, match="no such folder"):
-        load_for_inference(str(tiny_model_dir), str(tmp_path / "missing"))
+        load_for_inference(ReadingModel(str(tiny_model_dir), peft_model=str(tmp_path / "missing")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="neither adapter_config.json"):
-        load_for_inference(str(tiny_model_dir), str(tmp_path / "empty"))
+        load_for_inference(ReadingModel(str(tiny_model_dir), peft_model=str(tmp_path / "empty")))
 
 
 def test_window_dataclass_is_the_plan_unit():

@@ -9,6 +9,7 @@ import torch
 
 from longctx.attention import flash_attn_available, shifted_sparse_attention, shifted_sparse_attention_varlen
 from longctx.chunk_attention import dual_chunk_attention
+from longctx.modeling import WeightLoading
 from tests.scripts import run_script
 
 pytestmark = pytest.mark.gpu
@@ -55,11 +56,11 @@ def test_dca_cuda_kernels_match_the_float64_cpu_computation(dtype):
 
 def test_reading_defaults_to_bfloat16_and_device_map_spreads_the_model(tiny_model_dir, tmp_path):
     from longctx.args import InferenceModelArguments
-    from longctx.modeling import load_for_inference
+    from longctx.reading_model import load_for_inference
 
     args = InferenceModelArguments(base_model=str(tiny_model_dir), device_map="auto", dca=True, pretraining_length=32)
     assert args.dtype == "bfloat16"
-    model, tokenizer = load_for_inference(**args.loading_options(200))
+    model, tokenizer = load_for_inference(args.reading_model(200))
     assert next(model.parameters()).device.type == "cuda" and next(model.parameters()).dtype == torch.bfloat16
     input_ids = torch.randint(3, 300, (1, 150), device="cuda")
     with torch.no_grad():
@@ -88,7 +89,9 @@ def test_qlora_4bit_base_trains_on_cuda(tiny_model_dir):
     from longctx.lora import setup_lora
     from longctx.modeling import load_model_and_tokenizer
 
-    model, _ = load_model_and_tokenizer(str(tiny_model_dir), dtype="bfloat16", context_size=256, load_in_4bit=True)
+    model, _ = load_model_and_tokenizer(
+        str(tiny_model_dir), context_size=256, weights=WeightLoading(dtype="bfloat16", load_in_4bit=True)
+    )
     assert model.is_loaded_in_4bit and next(model.parameters()).device.type == "cuda"
     enable_s2_attn(model, use_flash_attn=flash_attn_available())
     model = setup_lora(model, r=4, alpha=8, trainable_params="embed,norm")

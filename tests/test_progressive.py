@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from longctx.modeling import load_for_inference
+from longctx.reading_model import ReadingModel, load_for_inference
 from longctx.training_record import read_record
 from tests.scripts import run_script, run_script_expecting_error
 
@@ -58,8 +58,8 @@ def test_stages_equal_fine_tune_by_hand(tiny_model_dir, tmp_path, mode):
     results = json.loads((tmp_path / "runner" / "progressive-results.json").read_text())
     assert [stage["stage"] for stage in results["stages"]] == ["128", "256"]
     # the stage folder alone reads as the whole chain, and the merged model is the same model
-    stage, _ = load_for_inference(str(tiny_model_dir), peft_model=tmp_path / "runner" / "256")
-    merged, _ = load_for_inference(str(tmp_path / "runner" / "merged"))
+    stage, _ = load_for_inference(ReadingModel(str(tiny_model_dir), peft_model=tmp_path / "runner" / "256"))
+    merged, _ = load_for_inference(ReadingModel(str(tmp_path / "runner" / "merged")))
     assert merged.config.rope_parameters == stage.config.rope_parameters
     torch.testing.assert_close(logits(merged), logits(stage), rtol=1e-4, atol=1e-4)
 

@@ -68,7 +68,7 @@ def test_llama2_without_system_message_has_no_system_prompt(llama_tokenizer):
 def test_inference_prompt_is_longlora_inference_py(llama_tokenizer):
     """inference.py/demo.py under --prompt_template llama2: the material as is, the question on the next line."""
     from longctx.args import InferenceArguments
-    from longctx.chat import ChatSession
+    from longctx.chat import ChatSession, ChatSettings
 
     material, question = "Chapter 1.\nIt was a dark night.\n", "Who is there?"
     args = InferenceArguments(material="book.txt", question=question, prompt_template="llama2")
@@ -77,7 +77,7 @@ def test_inference_prompt_is_longlora_inference_py(llama_tokenizer):
     fitted = fit_material(llama_tokenizer, material, question, 256, 8, "llama2", material_type=args.prompt_layout().material_type)
     assert fitted.input_ids == upstream
     model = tiny_llama(vocab_size=len(llama_tokenizer))
-    session = ChatSession(model, llama_tokenizer, 256, max_gen_len=2, temperature=0, template="llama2")
+    session = ChatSession(model, llama_tokenizer, 256, ChatSettings(max_gen_len=2, temperature=0, template="llama2"))
     session.ask(fitted.user_turn)
     assert session.history[: len(upstream)] == upstream
 
@@ -121,10 +121,10 @@ def test_bad_templates_and_messages_are_refused_in_one_line(template, messages, 
 
 def test_generation_prompt_tokens_are_what_the_model_reads(llama_tokenizer):
     """The chat session feeds the first turn with BOS (llama2), later turns without."""
-    from longctx.chat import ChatSession
+    from longctx.chat import ChatSession, ChatSettings
 
     model = tiny_llama(vocab_size=len(llama_tokenizer))
-    session = ChatSession(model, llama_tokenizer, 256, max_gen_len=2, temperature=0, template="llama2")
+    session = ChatSession(model, llama_tokenizer, 256, ChatSettings(max_gen_len=2, temperature=0, template="llama2"))
     session.ask("Q1")
     first = list(session.history)
     assert first[0] == llama_tokenizer.bos_token_id

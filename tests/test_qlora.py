@@ -1,13 +1,14 @@
 """QLoRA (LongQLoRA): NF4 + double quantization, with S²-Attn, position interpolation and LoRA+ on CPU."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from longctx.lora import setup_lora
-from longctx.modeling import load_model_and_tokenizer
+from longctx.modeling import WeightLoading, load_model_and_tokenizer
 from tests.scripts import run_script, run_script_expecting_error
 from tests.tiny_models import save_moved_adapter
 
@@ -15,7 +16,9 @@ bnb = pytest.importorskip("bitsandbytes")
 
 
 def test_4bit_loading_is_nf4_with_double_quantization(tiny_model_dir):
-    model, _ = load_model_and_tokenizer(str(tiny_model_dir), load_in_4bit=True, compute_dtype="float32", context_size=128)
+    model, _ = load_model_and_tokenizer(
+        str(tiny_model_dir), context_size=128, weights=WeightLoading(load_in_4bit=True, compute_dtype="float32")
+    )
     projection = model.model.layers[0].self_attn.q_proj
     assert isinstance(projection, bnb.nn.Linear4bit)
     state = projection.weight.quant_state
@@ -39,7 +42,9 @@ def test_4bit_loading_is_nf4_with_double_quantization(tiny_model_dir):
 
 def test_gradients_flow_through_4bit_layers_after_evaluation(tiny_model_dir):
     """bitsandbytes repacks CPU weights on an eval forward into a kernel without backward; not here."""
-    model, _ = load_model_and_tokenizer(str(tiny_model_dir), load_in_4bit=True, compute_dtype="float32")
+    model, _ = load_model_and_tokenizer(
+        str(tiny_model_dir), weights=WeightLoading(load_in_4bit=True, compute_dtype="float32")
+    )
     input_ids = torch.randint(3, model.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         model.eval()(input_ids)  # as fine-tune.py's perplexity check before training
@@ -90,7 +95,9 @@ def test_smollm2_4bit_memory():
     full, _ = load_model_and_tokenizer("smollm2")
     full_bytes = full.get_memory_footprint()
     del full
-    quantized, _ = load_model_and_tokenizer("smollm2", load_in_4bit=True, compute_dtype="float32")
+    quantized, _ = load_model_and_tokenizer(
+        "smollm2", weights=WeightLoading(load_in_4bit=True, compute_dtype="float32")
+    )
     quantized_bytes = quantized.get_memory_footprint()
     print(f"SmolLM2-135M weights: float32 {full_bytes / 2**20:.0f} MiB, NF4 {quantized_bytes / 2**20:.0f} MiB")
     assert quantized_bytes < 0.5 * full_bytes
@@ -100,15 +107,18 @@ def test_eval_reads_a_4bit_base_with_its_adapter_unmerged(tiny_model_dir, tmp_pa
     """LongQLoRA evaluates in 4-bit: the adapter stays a PEFT wrapper (merging would round it into NF4)."""
     from peft import PeftModel
 
-    from longctx.modeling import load_for_inference
+    from longctx.reading_model import ReadingModel, load_for_inference
+    from longctx.rope import RopeRequest
 
     tuned = save_moved_adapter(tiny_model_dir, tmp_path / "adapter")
     input_ids = torch.tensor([[5, 9, 30, 31, 100, 7, 8]])
-    options = {"rope_method": "none", "load_in_4bit": True, "compute_dtype": "float32"}
+    base_4bit = ReadingModel(
+        str(tiny_model_dir), rope=RopeRequest("none"), weights=WeightLoading(load_in_4bit=True, compute_dtype="float32")
+    )
     with torch.no_grad():
         expected = tuned(input_ids=input_ids).logits
-        loaded, _ = load_for_inference(str(tiny_model_dir), str(tmp_path / "adapter"), **options)
-        base, _ = load_for_inference(str(tiny_model_dir), **options)
+        loaded, _ = load_for_inference(replace(base_4bit, peft_model=str(tmp_path / "adapter")))
+        base, _ = load_for_inference(base_4bit)
         assert isinstance(loaded, PeftModel) and not loaded.training
         error_with_adapter = (loaded(input_ids=input_ids).logits - expected).abs().max()
         error_without = (base(input_ids=input_ids).logits - expected).abs().max()

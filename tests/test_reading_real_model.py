@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from longctx.chat import ChatSession
-from longctx.modeling import load_for_inference
+from longctx.chat import ChatSession, ChatSettings
+from longctx.reading_model import ReadingModel, load_for_inference
 from longctx.streaming import StreamingCache
 
 pytestmark = pytest.mark.realmodel
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.realmodel
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return load_for_inference("smollm2")
+    return load_for_inference(ReadingModel("smollm2"))
 
 
 def test_streaming_cache_equals_plain_generation_until_it_evicts(smollm2):
@@ -32,7 +32,7 @@ def test_streaming_cache_equals_plain_generation_until_it_evicts(smollm2):
 
 def test_chat_rounds_append_to_the_cache_in_smollm2s_template(smollm2):
     model, tokenizer = smollm2
-    session = ChatSession(model, tokenizer, window=8192, max_gen_len=12, temperature=0)
+    session = ChatSession(model, tokenizer, 8192, ChatSettings(max_gen_len=12, temperature=0))
     session.ask("My name is Ada. Reply with one word: hello.")
     fed_after_first = session.fed_text
     session.ask("What is my name?")

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from longctx.attention import disable_s2_attn, enable_s2_attn
-from longctx.loss import causal_lm_loss
 from longctx.lora import save_trainable_params, setup_lora
+from longctx.loss import causal_lm_loss
 from longctx.modeling import load_model_and_tokenizer
-from longctx.rope import context_window
+from longctx.rope import RopeRequest, context_window
 
 pytestmark = pytest.mark.realmodel
 
@@ -56,7 +56,7 @@ def test_s2_attn_lora_step_on_real_text(smollm2, tmp_path):
 
 
 def test_rope_extension_of_the_real_config():
-    model, _ = load_model_and_tokenizer("smollm2", context_size=16384, rope_method="yarn")
+    model, _ = load_model_and_tokenizer("smollm2", context_size=16384, rope=RopeRequest("yarn"))
     assert context_window(model.config) >= 16384
     assert model.config.rope_parameters["rope_type"] == "yarn"
 

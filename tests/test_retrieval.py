@@ -6,6 +6,7 @@ import re
 import pytest
 from transformers import AutoTokenizer
 
+from longctx.reading_model import ReadingModel
 from longctx.retrieval import (
     PASSKEY_FILLER,
     accuracy_by_length,
@@ -180,10 +181,10 @@ def test_bad_input_gives_one_line(capsys, tiny_model_dir, script, args, message)
 
 @pytest.mark.realmodel
 def test_smollm2_finds_the_passkey_at_1k_tokens():
-    from longctx.modeling import load_for_inference
+    from longctx.reading_model import load_for_inference
     from longctx.retrieval import generate_text
 
-    model, tokenizer = load_for_inference("smollm2")
+    model, tokenizer = load_for_inference(ReadingModel("smollm2"))
     for seed, depth in ((0, 0.2), (1, 0.8)):
         case = passkey_case(tokenizer, 1024, depth, seed=seed)
         reply = generate_text(model, tokenizer, case.input_ids, case.max_new_tokens)

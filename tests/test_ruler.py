@@ -12,7 +12,9 @@ from longctx.ruler_scoring import (
     effective_length,
     generate_batch,
     postprocess,
+    resumed_records,
     run_ruler,
+    save_partial,
     string_match_all,
     string_match_part,
     summarize,
@@ -245,6 +247,52 @@ def test_run_ruler_batches_and_scores_a_stub(tokenizer, material):
     assert scores == {"niah_single_1": {1024: 100.0, 2048: 0.0}, "niah_multivalue": {1024: 100.0, 2048: 0.0}}
 
 
+class Interrupted(Exception):
+    """What a stub generator raises to stop a run midway, as Ctrl-C would."""
+
+
+def test_an_interrupted_run_leaves_its_finished_cells_and_resumes_from_them(tokenizer, material, tmp_path):
+    output, config = tmp_path / "ruler.json", {"seed": 0, "base_model": "tiny"}
+    answered = []
+
+    def stub_generate(model, tokenizer_, prompts, max_new_tokens):
+        answered.append(len(prompts))
+        if len(answered) == 3:  # the first batch of the second cell
+            raise Interrupted
+        return ["no idea"] * len(prompts)
+
+    make = lambda task, length, index: make_sample(tokenizer, material, task, length, index)
+    save = lambda records: save_partial(records, config, 85.6, output, ["niah_single_1", "vt"])
+    tasks, lengths = ["niah_single_1", "vt"], [1792]
+    with pytest.raises(Interrupted):
+        run_ruler(None, tokenizer, tasks, lengths, 3, make, 2, stub_generate, progress=False, after_cell=save)
+    partial = json.loads(output.read_text())
+    assert partial["complete"] is False and [r["task"] for r in partial["records"]] == ["niah_single_1"] * 3
+    assert partial["scores"] == {"niah_single_1": {"1792": 0.0}} and partial["average"] == {}
+
+    done = resumed_records(output, config, ["seed", "base_model"])
+    answered.clear()
+    records = run_ruler(None, tokenizer, tasks, lengths, 4, make, 2, lambda *a: ["no idea"] * len(a[2]), progress=False, done=done)
+    assert [(r["task"], r["index"]) for r in records] == [("niah_single_1", i) for i in range(4)] + [("vt", i) for i in range(4)]
+    assert records[:3] == partial["records"]  # kept as answered, not answered again
+    with pytest.raises(ValueError, match="was run with seed = 0, this run has 1"):
+        resumed_records(output, {**config, "seed": 1}, ["seed", "base_model"])
+
+
+def test_ruler_script_resumes(tiny_model_dir, tmp_path, capsys):
+    output = tmp_path / "ruler.json"
+    common = ["--base_model", tiny_model_dir, "--lengths", "1792", "--tasks", "niah_single_1,vt", "--output_json", output]
+    run_script("ruler.py", *common, "--num_samples", "1", "--batch_size", "1")
+    first = json.loads(output.read_text())
+    run_script("ruler.py", *common, "--num_samples", "2", "--batch_size", "1", "--resume", "True")
+    resumed = json.loads(output.read_text())
+    assert resumed["complete"] is True and len(resumed["records"]) == 4
+    kept = [r for r in resumed["records"] if r["index"] == 0]
+    assert kept == first["records"]
+    line = run_script_expecting_error(capsys, "ruler.py", *common, "--num_samples", "2", "--batch_size", "2", "--resume", "True")
+    assert "was run with batch_size = 1, this run has 2" in line
+
+
 def test_batched_generation_matches_one_at_a_time(tiny_model_dir, tokenizer):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     prompts = [tokenizer("The grass is green. The sky is")["input_ids"], tokenizer("Here we go.")["input_ids"]]
@@ -276,6 +324,7 @@ def test_ruler_script(tiny_model_dir, tmp_path):
         (["--lengths", "2k"], "--lengths 2k must be a comma-separated list of integers"),
         (["--threshold", "0"], "--threshold must be in (0, 100]"),
         (["--num_samples", "0"], "--num_samples must be positive"),
+        (["--resume", "True"], "--resume goes on from --output_json's results: name the file"),
         (["--haystack", "no/such/book.txt"], "no/such/book.txt: no such file or folder"),
     ],
 )

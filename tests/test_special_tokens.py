@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from longctx.lora import setup_lora
-from longctx.modeling import load_for_inference
+from longctx.reading_model import ReadingModel, load_for_inference
+from longctx.rope import RopeRequest
 from longctx.special_tokens import add_tokens_for_trainable_params, missing_special_tokens
 from tests.scripts import run_script, run_script_expecting_error
 
@@ -52,7 +53,9 @@ def test_missing_tokens_follow_longlora(llama2_like_model_dir, tiny_model_dir):
 def test_longlora_weights_with_the_pad_row_load_for_reading_and_merge(llama2_like_model_dir, tmp_path, capsys):
     folder = tmp_path / "longlora-8k"
     expected_model, vocabulary = longlora_checkpoint(llama2_like_model_dir, folder)
-    model, tokenizer = load_for_inference(str(llama2_like_model_dir), peft_model=folder, rope_method="none")
+    model, tokenizer = load_for_inference(
+        ReadingModel(str(llama2_like_model_dir), peft_model=folder, rope=RopeRequest("none"))
+    )
     assert "added [PAD] as LongLoRA did (320 -> 321 tokens)" in capsys.readouterr().out
     assert model.get_input_embeddings().weight.shape[0] == vocabulary == len(tokenizer)
     assert tokenizer.pad_token == "[PAD]" and model.config.pad_token_id == tokenizer.pad_token_id == 320
@@ -80,7 +83,7 @@ def test_longlora_weights_with_the_pad_row_load_for_reading_and_merge(llama2_lik
 
 
 def test_rows_no_missing_token_explains_are_refused_in_one_line(llama2_like_model_dir, tmp_path, capsys):
-    model, tokenizer = load_for_inference(str(llama2_like_model_dir), rope_method="none")
+    model, tokenizer = load_for_inference(ReadingModel(str(llama2_like_model_dir), rope=RopeRequest("none")))
     state = {"model.embed_tokens.weight": torch.zeros(325, model.config.hidden_size)}
     with pytest.raises(ValueError, match="has 325 rows, the model 320 and its tokenizer 321 tokens .*another vocabulary"):
         add_tokens_for_trainable_params(model, tokenizer, state)
@@ -109,5 +112,7 @@ def test_fine_tune_adds_longlora_pad_and_resumes(llama2_like_model_dir, tmp_path
     assert load_file(tmp_path / "trainable_params.safetensors")["model.embed_tokens.weight"].shape[0] == 321
     fine_tune("--max_steps", "2", "--resume_from_checkpoint", "latest")
     assert load_file(tmp_path / "checkpoint-2" / "trainable_params.safetensors")["model.embed_tokens.weight"].shape[0] == 321
-    model, tokenizer = load_for_inference(str(llama2_like_model_dir), peft_model=tmp_path, context_size=64)
+    model, tokenizer = load_for_inference(
+        ReadingModel(str(llama2_like_model_dir), peft_model=tmp_path, context_size=64)
+    )
     assert len(tokenizer) == 321 and isinstance(model, torch.nn.Module) and not isinstance(model, PeftModel)

@@ -3,7 +3,8 @@ import torch
 from transformers import StoppingCriteria
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from longctx.chat import ChatSession
+from longctx.chat import ChatSession, ChatSettings
+from longctx.reading_model import ReadingModel
 from longctx.rope import rotate_by
 from longctx.streaming import StreamingCache, StreamingLayer
 from tests.tiny_models import tiny_llama, tiny_llama_config
@@ -116,7 +117,7 @@ def test_streaming_equals_plain_generation_when_nothing_is_evicted(architecture)
 
 
 def test_streaming_chat_runs_many_rounds_past_the_window_in_bounded_memory(tiny_model_dir, monkeypatch):
-    from longctx.modeling import load_for_inference
+    from longctx.reading_model import load_for_inference
 
     stored_after_update = []
     original_update = StreamingLayer.update
@@ -127,11 +128,10 @@ def test_streaming_chat_runs_many_rounds_past_the_window_in_bounded_memory(tiny_
         return result
 
     monkeypatch.setattr(StreamingLayer, "update", update)
-    model, tokenizer = load_for_inference(str(tiny_model_dir))
+    model, tokenizer = load_for_inference(ReadingModel(str(tiny_model_dir)))
     start_size, recent_size = 4, 24
-    session = ChatSession(
-        model, tokenizer, window=64, max_gen_len=12, temperature=0, streaming=(start_size, recent_size)
-    )
+    settings = ChatSettings(max_gen_len=12, temperature=0, streaming=(start_size, recent_size))
+    session = ChatSession(model, tokenizer, 64, settings)
     session.generation_config.min_new_tokens = 12
     questions = ["Who is the captain?", "Where does the ship sail?", "What happens next?", "And in the end?", "Why?"]
     for question in questions:
@@ -143,10 +143,10 @@ def test_streaming_chat_runs_many_rounds_past_the_window_in_bounded_memory(tiny_
 
 
 def test_chat_rounds_on_one_cache_equal_generating_from_the_whole_conversation(tiny_model_dir):
-    from longctx.modeling import load_for_inference
+    from longctx.reading_model import load_for_inference
 
-    model, tokenizer = load_for_inference(str(tiny_model_dir))
-    session = ChatSession(model, tokenizer, window=400, max_gen_len=8, temperature=0)
+    model, tokenizer = load_for_inference(ReadingModel(str(tiny_model_dir)))
+    session = ChatSession(model, tokenizer, 400, ChatSettings(max_gen_len=8, temperature=0))
     session.generation_config.min_new_tokens = 8
     session.ask("The ship is called the Pequod.\nWhat is the ship called?")
     history_before = list(session.history)
@@ -162,10 +162,10 @@ def test_chat_rounds_on_one_cache_equal_generating_from_the_whole_conversation(t
 
 
 def test_chat_refuses_a_round_past_the_window_without_streaming(tiny_model_dir):
-    from longctx.modeling import load_for_inference
+    from longctx.reading_model import load_for_inference
 
-    model, tokenizer = load_for_inference(str(tiny_model_dir))
-    session = ChatSession(model, tokenizer, window=64, max_gen_len=8, temperature=0)
+    model, tokenizer = load_for_inference(ReadingModel(str(tiny_model_dir)))
+    session = ChatSession(model, tokenizer, 64, ChatSettings(max_gen_len=8, temperature=0))
     with pytest.raises(ValueError, match="over the 64-token window: start again with --enable_streaming"):
         for _ in range(10):
             session.ask("Tell me more about the whale and the sea.")
@@ -176,12 +176,12 @@ def test_a_cache_pool_bounds_the_caches_and_a_released_conversation_answers_the_
     import gc
 
     from longctx.chat import CachePool
-    from longctx.modeling import load_for_inference
+    from longctx.reading_model import load_for_inference
 
-    model, tokenizer = load_for_inference(str(tiny_model_dir))
+    model, tokenizer = load_for_inference(ReadingModel(str(tiny_model_dir)))
 
     def conversation():
-        session = ChatSession(model, tokenizer, window=400, max_gen_len=8, temperature=0)
+        session = ChatSession(model, tokenizer, 400, ChatSettings(max_gen_len=8, temperature=0))
         session.generation_config.min_new_tokens = 8
         return session
 

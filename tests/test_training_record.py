@@ -6,8 +6,9 @@ import shutil
 import pytest
 import torch
 
-import longctx.modeling
-from longctx.modeling import load_for_inference
+import longctx.reading_model
+from longctx.reading_model import DualChunkSizes, ReadingModel, load_for_inference
+from longctx.rope import RopeRequest
 from longctx.training_record import RECORD_FILE, read_record
 from tests.scripts import run_script, run_script_expecting_error
 from tests.test_fine_tune_script import fine_tune
@@ -39,20 +40,24 @@ def logits_of(model, length: int = 100) -> torch.Tensor:
 
 
 def test_reading_applies_the_record_with_no_flag(yarn_adapter, tiny_model_dir, tmp_path):
-    model, _ = load_for_inference(str(tiny_model_dir), peft_model=yarn_adapter, context_size=100)
+    model, _ = load_for_inference(ReadingModel(str(tiny_model_dir), peft_model=yarn_adapter, context_size=100))
     assert model.config.rope_parameters["rope_type"] == "yarn" and model.config.rope_parameters["factor"] == 2.0
-    explicit, _ = load_for_inference(str(tiny_model_dir), peft_model=yarn_adapter, context_size=100, rope_method="yarn")
+    explicit, _ = load_for_inference(
+        ReadingModel(str(tiny_model_dir), peft_model=yarn_adapter, context_size=100, rope=RopeRequest("yarn"))
+    )
     torch.testing.assert_close(logits_of(model), logits_of(explicit))
     # the same weights read under LongLoRA's rule (no record: linear from the context size) differ
     bare = tmp_path / "bare"
     shutil.copytree(yarn_adapter, bare, ignore=shutil.ignore_patterns("checkpoint-*", RECORD_FILE))
-    linear, _ = load_for_inference(str(tiny_model_dir), peft_model=bare, context_size=128)
+    linear, _ = load_for_inference(ReadingModel(str(tiny_model_dir), peft_model=bare, context_size=128))
     assert linear.config.rope_parameters["rope_type"] == "linear"
     assert not torch.allclose(logits_of(model), logits_of(linear), atol=1e-4)
 
 
 def test_record_beats_the_dca_default_and_sets_its_unit(yarn_adapter, tiny_model_dir):
-    model, _ = load_for_inference(str(tiny_model_dir), peft_model=yarn_adapter, context_size=512, dca=True)
+    model, _ = load_for_inference(
+        ReadingModel(str(tiny_model_dir), peft_model=yarn_adapter, context_size=512, dca=DualChunkSizes())
+    )
     assert model.config.rope_parameters["rope_type"] == "yarn" and model.config.max_position_embeddings == 128
     assert model.config.dual_chunk_attention["pretraining_length"] == 128  # the trained window, not the native 64
 
@@ -75,14 +80,14 @@ class Loaded(Exception):
 @pytest.fixture
 def spy_on_loading(monkeypatch):
     seen = {}
-    real = longctx.modeling.load_for_inference
+    real = longctx.reading_model.load_for_inference
 
     def spy(*args, **kwargs):
         model, tokenizer = real(*args, **kwargs)
         seen["rope"] = dict(model.config.rope_parameters)
         raise Loaded
 
-    monkeypatch.setattr(longctx.modeling, "load_for_inference", spy)
+    monkeypatch.setattr(longctx.reading_model, "load_for_inference", spy)
     return seen
 
 
@@ -110,8 +115,8 @@ def test_merge_needs_no_rope_flag_and_keeps_the_logits(yarn_adapter, tiny_model_
     )
     config = json.loads((tmp_path / "merged" / "config.json").read_text())
     assert config["rope_parameters"]["rope_type"] == "yarn" and config["max_position_embeddings"] == 128
-    merged, _ = load_for_inference(str(tmp_path / "merged"))
-    unmerged, _ = load_for_inference(str(tiny_model_dir), peft_model=yarn_adapter)
+    merged, _ = load_for_inference(ReadingModel(str(tmp_path / "merged")))
+    unmerged, _ = load_for_inference(ReadingModel(str(tiny_model_dir), peft_model=yarn_adapter))
     torch.testing.assert_close(logits_of(merged), logits_of(unmerged), rtol=1e-4, atol=1e-4)
 
 
@@ -122,8 +127,8 @@ def test_get_trainable_weights_carries_the_record(yarn_adapter, tiny_model_dir, 
         "--output_dir", tmp_path / "extracted", "--base_model", tiny_model_dir,
     )
     assert read_record(tmp_path / "extracted") == read_record(yarn_adapter / "checkpoint-2")
-    extracted, _ = load_for_inference(str(tiny_model_dir), peft_model=tmp_path / "extracted")
-    final, _ = load_for_inference(str(tiny_model_dir), peft_model=yarn_adapter)
+    extracted, _ = load_for_inference(ReadingModel(str(tiny_model_dir), peft_model=tmp_path / "extracted"))
+    final, _ = load_for_inference(ReadingModel(str(tiny_model_dir), peft_model=yarn_adapter))
     assert extracted.config.rope_parameters == final.config.rope_parameters
     torch.testing.assert_close(logits_of(extracted), logits_of(final))
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from longctx.args.fields import help_field, parse_depths, parse_positive_ints
 from longctx.args.loading import InferenceModelArguments
+from longctx.errors import check_choice
 from longctx.evaluation import SCORINGS
 from longctx.token_files import check_token_dtype
 
@@ -42,8 +43,7 @@ class PerplexityArguments(InferenceModelArguments):
             raise ValueError(f"--progress_bar_fresh_rate must be positive (got {self.progress_bar_fresh_rate})")
         if self.context_size is not None and self.seq_lens[-1] > self.context_size:
             raise ValueError(f"--seq_len {self.seq_lens[-1]} exceeds --context_size {self.context_size}")
-        if self.scoring not in SCORINGS:
-            raise ValueError(f"--scoring {self.scoring} is not one of {', '.join(SCORINGS)}")
+        check_choice("--scoring", self.scoring, SCORINGS)
         if self.batch_size <= 0:
             raise ValueError(f"--batch_size must be positive (got {self.batch_size})")
         if self.sliding_window <= 0:
@@ -138,6 +138,11 @@ class RulerArguments(InferenceModelArguments):
     )
     plot: str | None = help_field("PNG heatmap of scores, tasks x lengths (default: beside --output_json)", default=None)
     overwrite: bool = help_field("replace --output_json and --plot when they already exist", default=False)
+    resume: bool = help_field(
+        "go on from --output_json's results (written after each task at each length): samples answered with the same "
+        "model, RoPE and seed are kept; more tasks, lengths or samples may be added",
+        default=False,
+    )
 
     def __post_init__(self):
         from longctx.ruler_tasks import select_tasks
@@ -151,3 +156,5 @@ class RulerArguments(InferenceModelArguments):
             raise ValueError(f"--batch_size must be positive (got {self.batch_size})")
         if not 0 < self.threshold <= 100:
             raise ValueError(f"--threshold must be in (0, 100] (got {self.threshold})")
+        if self.resume and not self.output_json:
+            raise ValueError("--resume goes on from --output_json's results: name the file")

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from longctx.args.fields import help_field
-from longctx.modeling import DEFAULT_MODEL, DTYPES, check_device_map, default_device, default_reading_dtype
-from longctx.rope import ROPE_METHODS
+from longctx.errors import check_choice
+from longctx.modeling import (
+    DEFAULT_MODEL,
+    DTYPES,
+    WeightLoading,
+    check_device_map,
+    default_device,
+    default_reading_dtype,
+)
+from longctx.reading_model import DualChunkSizes, ReadingModel
+from longctx.rope import ROPE_METHODS, RopeRequest
 from longctx.training_record import read_record, rope_for_reading
 
 
@@ -36,10 +45,9 @@ class LoadingArguments:
     )
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype {self.dtype} is not one of {', '.join(DTYPES)}")
-        if self.rope_method is not None and self.rope_method not in ROPE_METHODS:
-            raise ValueError(f"--rope_method {self.rope_method} is not one of {', '.join(ROPE_METHODS)}")
+        check_choice("--dtype", self.dtype, DTYPES)
+        if self.rope_method is not None:
+            check_choice("--rope_method", self.rope_method, ROPE_METHODS)
         if self.rope_factor is not None and self.rope_factor < 1:
             raise ValueError(f"--rope_factor must be at least 1 (got {self.rope_factor})")
         if self.rope_theta is not None and (self.rope_method not in (None, "theta") or self.rope_factor is not None):
@@ -47,16 +55,20 @@ class LoadingArguments:
         if self.rope_theta is not None and not self.rope_theta > 0:
             raise ValueError(f"--rope_theta must be positive (got {self.rope_theta})")
         compute_dtype = self.bnb_4bit_compute_dtype
-        if compute_dtype is not None and compute_dtype not in DTYPES:
-            raise ValueError(f"--bnb_4bit_compute_dtype {compute_dtype} is not one of {', '.join(DTYPES)}")
+        if compute_dtype is not None:
+            check_choice("--bnb_4bit_compute_dtype", compute_dtype, DTYPES)
 
-    def rope_options(self) -> dict:
-        options = {"factor": self.rope_factor, "rope_theta": self.rope_theta}
-        return {key: value for key, value in options.items() if value is not None}
+    def rope_request(self) -> RopeRequest:
+        return RopeRequest(self.rope_method, self.rope_factor, self.rope_theta)
 
-    def quantization_options(self) -> dict:
-        """`load_model_and_tokenizer` keywords for --load_in_4bit."""
-        return {"load_in_4bit": self.load_in_4bit, "compute_dtype": self.bnb_4bit_compute_dtype}
+    def weight_loading(self) -> WeightLoading:
+        """How the weights load: --dtype, --cache_dir and --load_in_4bit."""
+        return WeightLoading(
+            dtype=self.dtype,
+            load_in_4bit=self.load_in_4bit,
+            compute_dtype=self.bnb_4bit_compute_dtype,
+            cache_dir=self.cache_dir,
+        )
 
 
 @dataclass
@@ -98,7 +110,7 @@ class InferenceModelArguments(LoadingArguments):
         # shown in results; a flag contradicting the adapter's record is refused here, before any work
         self.rope_method_asked = self.rope_method
         record = read_record(self.peft_model) if self.peft_model else None
-        self.rope_method, _ = rope_for_reading(record, self.peft_model, self.rope_method, self.rope_options(), self.dca)
+        self.rope_method = rope_for_reading(record, self.peft_model, self.rope_request(), self.dca).method
         if self.context_size is not None and self.context_size <= 0:
             raise ValueError(f"--context_size must be positive (got {self.context_size})")
         if self.pretraining_length is not None and self.pretraining_length <= 0:
@@ -108,8 +120,9 @@ class InferenceModelArguments(LoadingArguments):
             if value is not None and not self.dca:
                 raise ValueError(f"{flag} sets Dual Chunk Attention's sizes: it goes with --dca True")
 
-    def load_options(self, longest_length: int) -> dict:
-        """Keyword arguments of longctx.modeling.load_for_inference; RoPE reaches `longest_length` by default."""
+    def reading_model(self, longest_length: int | None, device: str | None = None) -> ReadingModel:
+        """What load_for_inference loads: RoPE reaches `longest_length` unless --context_size says otherwise;
+        placed by --device_map, else on one device: `device`, default the GPU when there is one."""
         from longctx.attention import flash_attn_available
 
         too_long = longest_length is not None and (self.pretraining_length or 0) > longest_length
@@ -118,30 +131,15 @@ class InferenceModelArguments(LoadingArguments):
                 f"--pretraining_length {self.pretraining_length} exceeds the longest input, {longest_length} tokens: "
                 "DCA would never split it"
             )
-        return {
-            "base_model": self.base_model,
-            "peft_model": self.peft_model,
-            "context_size": self.context_size or longest_length,
-            "rope_method": self.rope_method_asked,
-            "rope_options": self.rope_options(),
-            "dtype": self.dtype,
-            "attn_implementation": "flash_attention_2" if self.flash_attn and flash_attn_available() else "sdpa",
-            "dca": self.dca,
-            "pretraining_length": self.pretraining_length,
-            **self.quantization_options(),
-        }
-
-    def loading_options(self, longest_length: int | None, device: str | None = None) -> dict:
-        """Every keyword of load_for_inference: `load_options`, plus --cache_dir, DCA's sizes and the placement
-        (--device_map, else one device: `device`, default the GPU when there is one)."""
-        options = {
-            **self.load_options(longest_length),
-            "cache_dir": self.cache_dir,
-            "dca_chunk_size": self.dca_chunk_size,
-            "dca_local_window": self.dca_local_window,
-        }
-        if self.device_map:
-            options["device_map"] = self.device_map
-        else:
-            options["device"] = device or default_device()
-        return options
+        attention = "flash_attention_2" if self.flash_attn and flash_attn_available() else "sdpa"
+        weights = replace(self.weight_loading(), attn_implementation=attention, device_map=self.device_map)
+        dca = DualChunkSizes(self.pretraining_length, self.dca_chunk_size, self.dca_local_window) if self.dca else None
+        return ReadingModel(
+            base_model=self.base_model,
+            peft_model=self.peft_model,
+            context_size=self.context_size or longest_length,
+            rope=RopeRequest(self.rope_method_asked, self.rope_factor, self.rope_theta),
+            weights=weights,
+            dca=dca,
+            device=None if self.device_map else device or default_device(),
+        )

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from longctx.args.fields import help_field
 from longctx.args.loading import InferenceModelArguments
+from longctx.chat import ChatSettings
+from longctx.errors import check_choice
 from longctx.material import PromptLayout
 
 
@@ -46,10 +48,9 @@ class ReadingArguments(InferenceModelArguments):
 
         super().__post_init__()
         check_template(self.prompt_template)
-        if self.truncate not in TRUNCATIONS:
-            raise ValueError(f"--truncate {self.truncate} is not one of {', '.join(TRUNCATIONS)}")
-        if self.material_type is not None and self.material_type not in MATERIAL_TYPES:
-            raise ValueError(f"--material_type {self.material_type} is not one of {', '.join(MATERIAL_TYPES)}")
+        check_choice("--truncate", self.truncate, TRUNCATIONS)
+        if self.material_type is not None:
+            check_choice("--material_type", self.material_type, MATERIAL_TYPES)
         if self.max_gen_len <= 0:
             raise ValueError(f"--max_gen_len must be positive (got {self.max_gen_len})")
         if self.temperature < 0:
@@ -75,15 +76,8 @@ class ReadingArguments(InferenceModelArguments):
     def streaming(self) -> tuple[int, int] | None:
         return (self.start_size, self.recent_size) if self.enable_streaming else None
 
-    def chat_options(self) -> dict:
-        """Keyword arguments of longctx.chat.ChatSession."""
-        return {
-            "max_gen_len": self.max_gen_len,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "template": self.prompt_template,
-            "streaming": self.streaming(),
-        }
+    def chat_settings(self) -> ChatSettings:
+        return ChatSettings(self.max_gen_len, self.temperature, self.top_p, self.prompt_template, self.streaming())
 
 
 @dataclass

@@ -11,9 +11,8 @@ from transformers import TrainingArguments
 from longctx.args.fields import help_field
 from longctx.args.loading import MODEL_HELP, LoadingArguments
 from longctx.modeling import DEFAULT_MODEL
-from longctx.rope import default_rope_method
 from longctx.shifted_sparse import check_group_size, check_group_size_ratio
-from longctx.stages import START_MODES
+from longctx.stages import check_start_mode
 from longctx.token_files import check_token_dtype
 
 
@@ -41,9 +40,8 @@ class ModelArguments(LoadingArguments):
     def __post_init__(self):
         super().__post_init__()
         if self.rope_method is None:
-            self.rope_method = default_rope_method(self.rope_options())
-        if self.start_mode not in START_MODES:
-            raise ValueError(f"--start_mode {self.start_mode} is not one of {', '.join(START_MODES)}")
+            self.rope_method = self.rope_request().with_default_method().method
+        check_start_mode(self.start_mode)
 
 
 @dataclass
