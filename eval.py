@@ -23,7 +23,7 @@ import time
 from longctx.args import PerplexityArguments
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.data import default_eval_data, token_stream
-from longctx.evaluation import check_lengths, evaluate_perplexity, report_perplexity, run_config
+from longctx.evaluation import check_lengths, evaluate_perplexity, report_perplexity
 from longctx.modeling import load_tokenizer, resolve_model_path
 from longctx.outputs import check_result_files
 from longctx.reading_model import load_for_inference
@@ -45,7 +45,7 @@ def main():
         )
         for seq_len in args.seq_lens
     ]
-    config = {**run_config(args, model), "data_path": data_path, "data_tokens": len(tokens), "processes": 1}
+    config = {**args.result_config(model), "data_path": data_path, "data_tokens": len(tokens), "processes": 1}
     config["seconds"] = time.perf_counter() - started
     report_perplexity(results, config, args.output_json, plot)
 

@@ -23,7 +23,6 @@ from longctx.evaluation import (
     evaluate_perplexity,
     init_distributed,
     report_perplexity,
-    run_config,
 )
 from longctx.modeling import load_tokenizer, resolve_model_path
 from longctx.outputs import check_result_files
@@ -50,7 +49,7 @@ def main():
         for seq_len in args.seq_lens
     ]
     if rank == 0:
-        config = {**run_config(args, model), "data_path": data_path, "data_tokens": len(tokens), "processes": world_size}
+        config = {**args.result_config(model), "data_path": data_path, "data_tokens": len(tokens), "processes": world_size}
         config["seconds"] = time.perf_counter() - started
         report_perplexity(results, config, args.output_json, plot)
 

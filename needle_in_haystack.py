@@ -23,7 +23,6 @@ import time
 from longctx.args import NeedleArguments
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.data import default_eval_data
-from longctx.evaluation import run_config
 from longctx.outputs import check_result_files
 from longctx.reading_model import load_for_inference
 from longctx.retrieval import answer_correct, needle_case, read_haystack, report_retrieval, run_retrieval, split_sentences
@@ -46,7 +45,7 @@ def main():
 
     records = run_retrieval(model, tokenizer, args.lengths, args.depth_fractions, args.num_tests, make_case, answer_correct)
     config = {
-        **run_config(args, model),
+        **args.result_config(model),
         "haystack": haystack_path,
         "lengths": args.lengths,
         "seconds": time.perf_counter() - started,

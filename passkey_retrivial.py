@@ -24,7 +24,6 @@ import time
 
 from longctx.args import RetrievalArguments
 from longctx.cli import parse_dataclasses, run_cli
-from longctx.evaluation import run_config
 from longctx.outputs import check_result_files
 from longctx.reading_model import load_for_inference
 from longctx.retrieval import passkey_case, passkey_correct, report_retrieval, run_retrieval
@@ -42,7 +41,7 @@ def main():
 
     depths = args.depth_fractions or [None]
     records = run_retrieval(model, tokenizer, args.lengths, depths, args.num_tests, make_case, passkey_correct)
-    config = {**run_config(args, model), "lengths": args.lengths, "seconds": time.perf_counter() - started}
+    config = {**args.result_config(model), "lengths": args.lengths, "seconds": time.perf_counter() - started}
     report_retrieval(records, config, args.depth_fractions, args.output_json, plot, title=f"passkey retrieval: {args.base_model}")
 
 

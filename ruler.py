@@ -27,7 +27,6 @@ import time
 
 from longctx.args import RulerArguments
 from longctx.cli import parse_dataclasses, run_cli
-from longctx.evaluation import run_config
 from longctx.outputs import check_result_files
 from longctx.reading_model import load_for_inference
 from longctx.ruler_scoring import report_ruler, resumed_records, run_ruler, save_partial
@@ -53,7 +52,7 @@ def main():
         return make_sample(tokenizer, material, task, length, index, seed=args.seed)
 
     batch_size = 1 if args.dca else args.batch_size  # DCA refuses padded batches
-    config = {**run_config(args, model), "haystack": material.source, "batch_size": batch_size}
+    config = {**args.result_config(model), "haystack": material.source, "batch_size": batch_size}
     done = resumed_records(args.output_json, config, RESUME_SETTINGS) if args.resume else []
     if done:
         print(f"--resume: {len(done)} samples answered earlier in {args.output_json}; those asked for again are kept")

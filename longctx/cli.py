@@ -35,9 +35,13 @@ def run_cli(main: Callable[[], object]) -> None:
     """Run a script's main; bad input ends in one `error:` line and exit code 2, not a traceback.
 
     Set LONGCTX_DEBUG=1 to see the full traceback instead. A process under torchrun/DeepSpeed leaves
-    through `_leave_process_group` once its work is done.
+    through `_leave_process_group` once its work is done. Freed tensors go back to the system
+    (longctx.heap), so a long run holds the memory it uses, not its high-water mark.
     """
+    from longctx.heap import return_freed_memory
+
     program = os.path.basename(sys.argv[0])
+    return_freed_memory()
     try:
         main()
         _leave_process_group()

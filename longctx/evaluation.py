@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -238,11 +238,3 @@ def report_perplexity(results: list[dict], config: dict, output_json: str | None
         plot_perplexity(results, plot, title=f"{config.get('base_model')} ({config.get('scoring')} scoring)")
         print(f"plot written to {plot}")
 
-
-def run_config(args, model) -> dict:
-    """What a result file records about a run: every flag plus the model's RoPE settings."""
-    config = asdict(args) if hasattr(args, "__dataclass_fields__") else dict(args)
-    config["seq_lens"] = getattr(args, "seq_lens", None)
-    config["rope_parameters"] = getattr(model.config, "rope_parameters", None)
-    config["max_position_embeddings"] = getattr(model.config, "max_position_embeddings", None)
-    return config

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from longctx.args.fields import help_field
 from longctx.errors import check_choice
@@ -119,6 +119,14 @@ class InferenceModelArguments(LoadingArguments):
         for flag, value in (("--dca_chunk_size", self.dca_chunk_size), ("--dca_local_window", self.dca_local_window)):
             if value is not None and not self.dca:
                 raise ValueError(f"{flag} sets Dual Chunk Attention's sizes: it goes with --dca True")
+
+    def result_config(self, model) -> dict:
+        """What a result file records about the run: every flag, plus the RoPE the model was read with."""
+        config = asdict(self)
+        config["seq_lens"] = getattr(self, "seq_lens", None)
+        config["rope_parameters"] = getattr(model.config, "rope_parameters", None)
+        config["max_position_embeddings"] = getattr(model.config, "max_position_embeddings", None)
+        return config
 
     def reading_model(self, longest_length: int | None, device: str | None = None) -> ReadingModel:
         """What load_for_inference loads: RoPE reaches `longest_length` unless --context_size says otherwise;
