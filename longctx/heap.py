@@ -5,8 +5,9 @@ their own mmap, returned on free, but it raises that threshold (up to 32 MiB) ea
 is freed; from then on, activations of a few MiB come from the heap, and freed heap memory mostly stays
 with the process. Measured here (bench/RESULTS.md, sequence parallelism): one LoRA+ step at 8190
 tokens peaked at 8.1 GiB resident, 2.9 GiB with the threshold held at 64 KiB; step times stayed
-within this machine's noise (105 against 121 s at 8k, 272 against 243 s at 16k). `mallopt(M_MMAP_THRESHOLD, ...)` fixes the threshold (which also stops
-glibc's dynamic adjustment) for every allocation after the call. Only glibc (Linux) has it; a
+within this machine's noise (105 against 121 s at 8k, 272 against 243 s at 16k).
+`mallopt(M_MMAP_THRESHOLD, ...)` fixes the threshold (which also stops glibc's dynamic adjustment)
+for every allocation after the call. Only glibc (Linux) has it; a
 MALLOC_MMAP_THRESHOLD_ already in the environment, the same setting given by the user, is left alone.
 """
 

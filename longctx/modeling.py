@@ -185,13 +185,10 @@ class WeightLoading:
     trust_remote_code: bool = False
 
 
-LINEAR_ROPE = RopeRequest("linear")
-
-
 def load_model_and_tokenizer(
     model_name_or_path: str = DEFAULT_MODEL,
     context_size: int | None = None,
-    rope: RopeRequest = LINEAR_ROPE,
+    rope: RopeRequest = RopeRequest(),
     weights: WeightLoading = WeightLoading(),
     training_record: TrainingRecord | None = None,
 ):

@@ -196,8 +196,13 @@ def save_partial(
 ) -> None:
     """What a run leaves if it stops early: the summary of the cells done so far (of the `asked` tasks),
     `"complete": false`, and their records, which `--resume` goes on from."""
-    summary = summarize(records, threshold, asked)
-    write_json_atomic(output_json, {**summary, "complete": False, "config": config, "records": list(records)})
+    _write_results(output_json, summarize(records, threshold, asked), False, config, records)
+
+
+def _write_results(output_json: str, summary: dict, complete: bool, config: dict, records, plot: str | None = None):
+    write_json_atomic(
+        output_json, {**summary, "complete": complete, "config": config, "plot": plot, "records": list(records)}
+    )
 
 
 def report_ruler(
@@ -218,7 +223,7 @@ def report_ruler(
     )
     plot = plot_path(output_json, plot)
     if output_json:
-        write_json_atomic(output_json, {**summary, "complete": True, "config": config, "plot": plot, "records": list(records)})
+        _write_results(output_json, summary, True, config, records, plot)
         print(f"results written to {output_json}")
     if plot:
         grid = [[summary["scores"][task].get(length) for length in lengths] for task in tasks]
