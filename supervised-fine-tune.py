@@ -28,7 +28,7 @@ import time
 
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from longctx.args import LongContextTrainingArguments, ModelArguments, QACheckArguments, SFTDataArguments
+from longctx.args import ModelArguments, QACheckArguments, SFTDataArguments, SFTTrainingArguments
 from longctx.attention import LONGLORA_SFT_GROUP_SIZE, disable_s2_attn
 from longctx.cli import parse_dataclasses, run_cli
 from longctx.plots import plot_loss_curve
@@ -55,7 +55,7 @@ def accuracy_check(model, tokenizer, questions, template: str, check_args, is_ma
 
 def main():
     model_args, data_args, check_args, train_args = parse_dataclasses(
-        (ModelArguments, SFTDataArguments, QACheckArguments, LongContextTrainingArguments), __doc__
+        (ModelArguments, SFTDataArguments, QACheckArguments, SFTTrainingArguments), __doc__
     )
     started = time.perf_counter()
     inputs = {"--model_name_or_path": model_args.model_name_or_path, "--data_path": data_args.data_path}

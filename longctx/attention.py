@@ -26,6 +26,7 @@ from longctx.shifted_sparse import (
     check_group_size,
     check_group_size_ratio,
     first_shifted_head,
+    group_size_for,
     shifted_sparse_attention,
     shifted_sparse_attention_varlen,
 )
@@ -49,10 +50,7 @@ def resolve_group_size(config, seq_len: int) -> int:
     sft_group_size = settings.get("sft_group_size")
     if group_size is None and sft_group_size is not None and seq_len % SFT_LENGTH_MULTIPLE:
         group_size = sft_group_size
-    if group_size is None:
-        ratio = settings.get("group_size_ratio", DEFAULT_GROUP_SIZE_RATIO)
-        group_size = max(2, int(seq_len * ratio) // 2 * 2)
-    return group_size
+    return group_size_for(seq_len, settings.get("group_size_ratio", DEFAULT_GROUP_SIZE_RATIO), group_size)
 
 
 def _padded_cache_mask(attention_mask: torch.Tensor | None, query_len: int, key_len: int) -> torch.Tensor | None:

@@ -249,6 +249,30 @@ def keeping_attention_overrides():
         ALL_ATTENTION_FUNCTIONS._local_mapping.update(overrides)
 
 
+@contextlib.contextmanager
+def deepspeed_groups_without_ulysses():
+    """While accelerate prepares DeepSpeed: the sequence-parallel groups, without Ulysses' attention wrapper.
+
+    accelerate (1.12) asks `UlyssesSPAttentionHF.register_with_transformers` for DeepSpeed's process
+    groups (`parallel_state_sp`, passed on as `mpu`), and the same call wraps the model's attention in
+    the all-to-all and refuses head counts the group size does not divide. The halo mode
+    (longctx.halo_attention) attends on each shard itself, so it takes only the groups.
+    """
+    from deepspeed.runtime.sequence_parallel import parallel_state_sp
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
+
+    def groups_only(*, sequence_parallel_size, **_):
+        parallel_state_sp.initialize_sequence_parallel(sequence_parallel_size=sequence_parallel_size)
+        return parallel_state_sp
+
+    register = UlyssesSPAttentionHF.__dict__["register_with_transformers"]
+    UlyssesSPAttentionHF.register_with_transformers = staticmethod(groups_only)
+    try:
+        yield
+    finally:
+        UlyssesSPAttentionHF.register_with_transformers = register
+
+
 BNB_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
 PEFT_DEPRECATION_MESSAGE = "`is_gradient_checkpointing` is deprecated"
 

@@ -14,8 +14,10 @@ What this module adds around it, so that training is the same function of the we
   (`first_local_head`, read by longctx.shifted_sparse.first_shifted_head);
 - full attention keeps packed documents apart: DeepSpeed drops the masks (each was built for one
   shard), so plain SDPA would let them see each other (`causal_attention_by_documents`);
+- `--sequence_parallel_mode halo` keeps DeepSpeed's groups and engine but not its all-to-all: S²-Attn
+  runs on each shard with half a group from the previous process (longctx.halo_attention);
 - the attention functions are given back after training, so a check on one process runs plainly
-  (`ulysses_attention`).
+  (`split_rows_attention`).
 The loss and data side is longctx.sequence_parallel_trainer.
 """
 
@@ -28,6 +30,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from longctx.errors import check_choice
+
+SEQUENCE_PARALLEL_MODES = ("ulysses", "halo")
 DEFAULT_DEEPSPEED_CONFIG = Path(__file__).resolve().parent.parent / "ds_configs" / "stage2.json"
 DOCUMENTS_ATTENTION = "causal_documents"
 
@@ -41,8 +46,11 @@ def sequence_parallel_arguments(train_args) -> None:
     """
     size = train_args.sequence_parallel_size
     check_rows_split(size, int(os.environ.get("WORLD_SIZE", "1")), train_args.model_max_length)
+    check_choice("--sequence_parallel_mode", train_args.sequence_parallel_mode, SEQUENCE_PARALLEL_MODES)
     if size == 1:
         return
+    if train_args.sequence_parallel_mode == "halo":
+        check_halo_run(train_args)
     if not train_args.deepspeed:
         if not DEFAULT_DEEPSPEED_CONFIG.is_file():
             raise ValueError("--sequence_parallel_size runs under DeepSpeed: pass --deepspeed with a ZeRO config")
@@ -65,6 +73,20 @@ def check_rows_split(size: int, world_size: int, length: int) -> None:
         raise ValueError(f"--sequence_parallel_size {size} does not divide the world size {world_size} (processes)")
 
 
+def check_halo_run(train_args) -> None:
+    """`--sequence_parallel_mode halo` splits S²-Attn's groups, so it needs S²-Attn, shards of whole groups
+    and rows of one unpadded stretch of text (groups of packed documents start at each document)."""
+    from longctx.halo_attention import check_halo_shard
+    from longctx.shifted_sparse import group_size_for
+
+    if train_args.rows_packed_or_padded:
+        raise ValueError("--sequence_parallel_mode halo needs unpacked, unpadded rows (fine-tune.py's): use ulysses here")
+    if train_args.use_full_attn:
+        raise ValueError("--sequence_parallel_mode halo shards S²-Attn's groups: it cannot run with --use_full_attn True")
+    length, size = train_args.model_max_length, train_args.sequence_parallel_size
+    check_halo_shard(length // size, group_size_for(length, train_args.group_size_ratio, train_args.group_size), size)
+
+
 def check_heads_split(size: int, num_heads: int, num_kv_heads: int) -> None:
     """One line naming both numbers unless each process can hold heads/size query heads after the all-to-all
     (key/value heads are split the same way, or repeated when there are fewer of them than processes)."""
@@ -78,8 +100,8 @@ def check_heads_split(size: int, num_heads: int, num_kv_heads: int) -> None:
 
 def check_sequence_parallel(model_name_or_path: str, train_args, cache_dir: str | None = None) -> None:
     """`check_heads_split` for a run, from the model's config alone (no weights loaded)."""
-    if getattr(train_args, "sequence_parallel_size", 1) == 1:
-        return
+    if getattr(train_args, "sequence_parallel_size", 1) == 1 or train_args.sequence_parallel_mode == "halo":
+        return  # the halo keeps every head on every process
     from transformers import AutoConfig
 
     from longctx.modeling import resolve_model_path
@@ -95,7 +117,7 @@ def ulysses_parallelism_config(size: int, world_size: int):
     """accelerate's ParallelismConfig for DeepSpeed Ulysses groups of `size`, the rest data parallel.
 
     Rows may differ in length from batch to batch (SFT), so the sequence length is variable. The
-    attention implementation is named at training time (`ulysses_attention`).
+    attention implementation is named at training time (`split_rows_attention`).
     """
     from accelerate import ParallelismConfig
     from accelerate.utils import DeepSpeedSequenceParallelConfig
@@ -154,20 +176,30 @@ def _register_documents_attention() -> None:
 
 
 @contextlib.contextmanager
-def ulysses_attention(model, sp_handler):
-    """While training: the model's attention as Ulysses wraps it; afterwards, all as before.
+def split_rows_attention(model, sp_handler, mode: str = "ulysses"):
+    """While training: the model's attention on split rows; afterwards, all as before.
 
-    S²-Attn (either kernel) and flash-attn read packed documents from the position ids DeepSpeed
-    gathers; SDPA does not, so full attention on SDPA becomes `causal_attention_by_documents`.
-    DeepSpeed replaces the implementation's entry in transformers' table for the whole process; it is
-    put back on the way out, with the model's own implementation, so later passes on one process
-    (a perplexity check on the main process) never wait on the group.
+    ulysses: as DeepSpeed's wrapper gives it. S²-Attn (either kernel) and flash-attn read packed
+    documents from the position ids DeepSpeed gathers; SDPA does not, so full attention on SDPA
+    becomes `causal_attention_by_documents`. halo: DeepSpeed makes only the groups, and S²-Attn runs
+    on each shard (longctx.halo_attention). Either way the implementation's entry in transformers'
+    table is replaced for the whole process; it is put back on the way out, with the model's own
+    implementation, so later passes on one process (a perplexity check) never wait on the group.
     """
-    from longctx.internals import attn_implementation, keeping_attention_overrides
+    from longctx.internals import attn_implementation, deepspeed_groups_without_ulysses, keeping_attention_overrides
     from longctx.wrappers import unwrap_model
 
     base = unwrap_model(model)
     implementation = attn_implementation(base.config)
+    if mode == "halo":
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        from longctx.halo_attention import halo_attention_forward
+
+        with keeping_attention_overrides(), deepspeed_groups_without_ulysses():
+            ALL_ATTENTION_FUNCTIONS[implementation] = halo_attention_forward
+            yield
+        return
     if implementation == "sdpa":
         _register_documents_attention()
         base.set_attn_implementation(DOCUMENTS_ATTENTION)

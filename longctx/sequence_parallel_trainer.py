@@ -164,9 +164,9 @@ class SequenceParallelTrainer(LongContextTrainer):
         super().__init__(*args, data_collator=UlyssesBatches(data_collator), **kwargs)
 
     def train(self, *args, **kwargs):
-        from longctx.sequence_parallel import ulysses_attention
+        from longctx.sequence_parallel import split_rows_attention
 
-        with ulysses_attention(self.model, self.args.parallelism_config.sp_handler):
+        with split_rows_attention(self.model, self.args.parallelism_config.sp_handler, self.args.sequence_parallel_mode):
             return super().train(*args, **kwargs)
 
     def custom_train_loader(self, loader):

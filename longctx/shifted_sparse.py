@@ -152,7 +152,7 @@ def first_shifted_head(local_heads: int, total_heads: int) -> int:
     return min(max(total_heads // 2 - first_local_head(local_heads), 0), local_heads)
 
 
-def _attend_block(
+def attend_block(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -196,6 +196,11 @@ def check_group_size(group_size: int, flag: str = "--group_size") -> None:
     """The one check of a fixed S²-Attn group size (the command line and the library both call it)."""
     if group_size < 2 or group_size % 2:
         raise ValueError(f"{flag} must be an even number >= 2 (got {group_size}): S²-Attn shifts by half a group")
+
+
+def group_size_for(seq_len: int, group_size_ratio: float, group_size: int | None = None) -> int:
+    """The S²-Attn group of a sequence: a fixed `group_size`, else LongLoRA's `seq_len * ratio` made even."""
+    return group_size if group_size is not None else max(2, int(seq_len * group_size_ratio) // 2 * 2)
 
 
 def check_group_size_ratio(group_size_ratio: float) -> None:
@@ -244,7 +249,7 @@ def shifted_sparse_attention(
     halves = []
     for heads, half_key, half_value, shifted in head_halves(key, value, num_heads, shifted_from):
         pieces = [
-            _attend_block(query[:, heads], half_key, half_value, block, segments, scaling, dropout)
+            attend_block(query[:, heads], half_key, half_value, block, segments, scaling, dropout)
             for block in group_blocks(seq_len, group_size, shifted)
         ]
         halves.append(torch.cat(pieces, dim=1))

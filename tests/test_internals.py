@@ -167,6 +167,25 @@ def test_deepspeed_sequence_parallel_state_has_its_accessors():
         )
 
 
+def test_groups_without_ulysses_stand_in_for_the_registration_accelerate_calls():
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("DeepSpeed is not installed")
+    from deepspeed.runtime.sequence_parallel import parallel_state_sp
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
+
+    register = UlyssesSPAttentionHF.register_with_transformers
+    parameters = inspect.signature(register).parameters
+    assert {"sequence_parallel_size", "core_attn_implementation"} <= parameters.keys(), moved(
+        "deepspeed_groups_without_ulysses", "deepspeed", "register_with_transformers takes other arguments"
+    )
+    assert callable(getattr(parallel_state_sp, "initialize_sequence_parallel", None)), moved(
+        "deepspeed_groups_without_ulysses", "deepspeed", "parallel_state_sp.initialize_sequence_parallel is gone"
+    )
+    with internals.deepspeed_groups_without_ulysses():
+        assert UlyssesSPAttentionHF.register_with_transformers is not register
+    assert UlyssesSPAttentionHF.register_with_transformers == register  # put back
+
+
 def test_trainer_resume_skip_is_a_module_attribute():
     import transformers.trainer
 

@@ -126,3 +126,38 @@ def test_scripts_refuse_bad_sizes_before_loading_a_model(capsys, monkeypatch, tm
         *args,
     )
     assert message in line
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("fine-tune.py", ("--group_size", "20"), "each of the 2 shards holds 64 tokens, not a multiple of the S²-Attn group size 20"),
+        ("fine-tune.py", ("--use_full_attn", "True"), "halo shards S²-Attn's groups: it cannot run with --use_full_attn True"),
+        ("supervised-fine-tune.py", ("--data_path", "train.json"), "halo needs unpacked, unpadded rows (fine-tune.py's)"),
+    ],
+)
+def test_halo_refuses_what_it_cannot_split_before_loading_a_model(
+    capsys, monkeypatch, tmp_path, tiny_model_dir, script, args, message
+):
+    import longctx.modeling
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(longctx.modeling, "load_model_and_tokenizer", never)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it: the sizes split, the halo's own checks decide
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.json").write_text('[{"instruction": "q", "output": "a"}]')
+    line = run_script_expecting_error(
+        capsys, script, "--model_name_or_path", tiny_model_dir, "--output_dir", tmp_path, "--model_max_length", "128",
+        "--sequence_parallel_size", "2", "--sequence_parallel_mode", "halo", *args,
+    )
+    assert message in line
+
+
+def test_unknown_sequence_parallel_mode_is_one_line(capsys, tmp_path, tiny_model_dir):
+    line = run_script_expecting_error(
+        capsys, "fine-tune.py", "--model_name_or_path", tiny_model_dir, "--output_dir", tmp_path,
+        "--sequence_parallel_mode", "ring",
+    )
+    assert "--sequence_parallel_mode ring is not one of ulysses, halo" in line

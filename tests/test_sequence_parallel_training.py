@@ -106,6 +106,14 @@ def test_full_attention_full_fine_tuning_llama(tiny_model_dir, tmp_path):
     assert "model.layers.0.mlp.down_proj.weight" in split["gradients"][0]
 
 
+def test_halo_s2_attn_lora_heads_that_ulysses_cannot_split(tmp_path):
+    """--sequence_parallel_mode halo: each process attends on its shard (2 groups of 32) with half a group
+    of keys/values from the previous one; loss and gradients are one process's. 3 heads over 2 processes:
+    Ulysses refuses the split, so this passes only through the halo."""
+    model = save_tiny_model(tmp_path / "model", hidden_size=48, num_attention_heads=3, num_key_value_heads=3)
+    compare(tmp_path, "fine-tune.py", "--model_name_or_path", model, *COMMON, split_args=("--sequence_parallel_mode", "halo"))
+
+
 def test_s2_attn_qwen2_one_key_value_head(tiny_qwen2_dir, tmp_path):
     compare(tmp_path, "fine-tune.py", "--model_name_or_path", tiny_qwen2_dir, *COMMON)
 

@@ -9,7 +9,13 @@ from longctx.args.evaluation import NeedleArguments, PerplexityArguments, Retrie
 from longctx.args.loading import InferenceModelArguments, LoadingArguments
 from longctx.args.reading import DemoArguments, InferenceArguments, Pdf2TxtArguments, ReadingArguments
 from longctx.args.sft import QAAccuracyArguments, QACheckArguments, QADataArguments, SFTDataArguments
-from longctx.args.training import DataArguments, LongContextTrainingArguments, ModelArguments, PerplexityCheckArguments
+from longctx.args.training import (
+    DataArguments,
+    LongContextTrainingArguments,
+    ModelArguments,
+    PerplexityCheckArguments,
+    SFTTrainingArguments,
+)
 
 __all__ = [
     "DataArguments",
@@ -30,4 +36,5 @@ __all__ = [
     "RetrievalArguments",
     "RulerArguments",
     "SFTDataArguments",
+    "SFTTrainingArguments",
 ]

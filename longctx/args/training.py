@@ -4,6 +4,7 @@ perplexity check, and TrainingArguments with LongLoRA's flags."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from transformers import TrainingArguments
@@ -82,6 +83,8 @@ class PerplexityCheckArguments:
 class LongContextTrainingArguments(TrainingArguments):
     """TrainingArguments plus LongLoRA's flags, with defaults for long-context LoRA+ on one machine."""
 
+    rows_packed_or_padded: ClassVar[bool] = False  # fine-tune.py's rows: one unpadded stretch of text each
+
     model_max_length: int = help_field("training sequence length in tokens (RoPE is scaled to reach it)", default=16384)
     use_flash_attn: bool = help_field("use flash-attn's varlen kernel for S²-Attn (CUDA only; falls back to SDPA)", default=False)
     use_full_attn: bool = help_field("train with full attention instead of S²-Attn", default=False)
@@ -102,6 +105,12 @@ class LongContextTrainingArguments(TrainingArguments):
         "split each row over this many processes (DeepSpeed Ulysses, under torchrun/deepspeed; default config "
         "ds_configs/stage2.json); the others are data parallel",
         default=1,
+    )
+    sequence_parallel_mode: str = help_field(
+        "how a split row's attention runs: ulysses (DeepSpeed's all-to-all of heads; any attention) or halo "
+        "(S²-Attn on each shard with half a group of keys/values from the previous process; fine-tune.py, "
+        "shards a whole number of groups, any number of processes)",
+        default="ulysses",
     )
 
     output_dir: str | None = help_field("where checkpoints and the final adapter go", default="outputs/fine-tune")
@@ -143,3 +152,10 @@ class LongContextTrainingArguments(TrainingArguments):
             if self.bf16:  # transformers takes --bf16 True (bfloat16 autocast) on a CPU only with --use_cpu
                 self.use_cpu = True
         super().__post_init__()
+
+
+@dataclass
+class SFTTrainingArguments(LongContextTrainingArguments):
+    """supervised-fine-tune.py's: its rows hold packed or padded documents (the halo mode refuses them)."""
+
+    rows_packed_or_padded: ClassVar[bool] = True
