@@ -18,6 +18,8 @@ import torch.distributed as dist
 
 from longctx.shifted_sparse import attend_block, document_restarts, group_blocks, head_halves
 
+UNPACKED_ROWS_ONLY = "--sequence_parallel_mode halo needs unpacked, unpadded rows (fine-tune.py's): use ulysses here"
+
 
 def _exchange(tensor: torch.Tensor, group, rank: int, size: int, to_next: bool) -> torch.Tensor:
     """Send `tensor` one process along the group (to_next: rank + 1; else rank - 1) and receive the
@@ -104,9 +106,8 @@ def halo_attention_forward(module, query, key, value, attention_mask, scaling=No
     position_ids = kwargs.get("position_ids")
     packed = position_ids is not None and bool(document_restarts(position_ids, query.shape[0]).any())
     if packed or (attention_mask is not None and not bool(attention_mask.all())):
-        raise ValueError("--sequence_parallel_mode halo needs unpacked, unpadded rows (fine-tune.py's); use ulysses")
+        raise ValueError(UNPACKED_ROWS_ONLY)  # the flags were checked; this guards a direct library use
     group = sequence_parallel_group()
     group_size = resolve_group_size(module.config, query.shape[2] * dist.get_world_size(group))
     output = halo_shifted_sparse_attention(query, key, value, group_size, group, scaling, dropout)
     return output.transpose(1, 2).contiguous(), None
-

@@ -76,11 +76,11 @@ def check_rows_split(size: int, world_size: int, length: int) -> None:
 def check_halo_run(train_args) -> None:
     """`--sequence_parallel_mode halo` splits S²-Attn's groups, so it needs S²-Attn, shards of whole groups
     and rows of one unpadded stretch of text (groups of packed documents start at each document)."""
-    from longctx.halo_attention import check_halo_shard
+    from longctx.halo_attention import UNPACKED_ROWS_ONLY, check_halo_shard
     from longctx.shifted_sparse import group_size_for
 
     if train_args.rows_packed_or_padded:
-        raise ValueError("--sequence_parallel_mode halo needs unpacked, unpadded rows (fine-tune.py's): use ulysses here")
+        raise ValueError(UNPACKED_ROWS_ONLY)
     if train_args.use_full_attn:
         raise ValueError("--sequence_parallel_mode halo shards S²-Attn's groups: it cannot run with --use_full_attn True")
     length, size = train_args.model_max_length, train_args.sequence_parallel_size
