@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from longctx.shifted_sparse import attend_block, document_restarts, group_blocks, head_halves
+from longctx.shifted_sparse import attend_groups, document_restarts, head_halves
 
 UNPACKED_ROWS_ONLY = "--sequence_parallel_mode halo needs unpacked, unpadded rows (fine-tune.py's): use ulysses here"
 
@@ -76,22 +76,20 @@ def halo_shifted_sparse_attention(
     check_halo_shard(shard_len, group_size, size)
     half = group_size // 2
     halo = _FromPrevious.apply(torch.stack([key[:, :, -half:], value[:, :, -half:]]), group, rank, size)
-    halo_key, halo_value = halo
     # from half a group before the shard, the shifted groups are unshifted ones: with the halo's keys and
     # values in front (and placeholder queries, whose outputs are dropped) they are attended as such
-    plain = list(head_halves(key, value, num_heads))
-    extended = list(head_halves(torch.cat([halo_key, key], 2), torch.cat([halo_value, value], 2), num_heads)) if rank else plain
+    front = half if rank else 0  # the first shard has no halo: its shifted heads start alone, as on one process
+    if rank:
+        key, value = torch.cat([halo[0], key], 2), torch.cat([halo[1], value], 2)
     halves = []
-    for (heads, half_key, half_value, shifted), (_, key_ext, value_ext, _) in zip(plain, extended, strict=True):
-        if shifted and rank > 0:
-            query_ext = torch.cat([query.new_zeros(batch, heads.stop - heads.start, half, head_dim), query[:, heads]], 2)
-            blocks = group_blocks(shard_len + half, group_size, shifted=False)
-            attended = [attend_block(query_ext, key_ext, value_ext, block, None, scaling, dropout) for block in blocks]
-            halves.append(torch.cat(attended, 1)[:, half:])
+    for heads, half_key, half_value, shifted in head_halves(key, value, num_heads):
+        if shifted and rank:
+            placeholders = query.new_zeros(batch, heads.stop - heads.start, half, head_dim)
+            query_ext = torch.cat([placeholders, query[:, heads]], 2)
+            halves.append(attend_groups(query_ext, half_key, half_value, group_size, False, None, scaling, dropout)[:, half:])
         else:
-            blocks = group_blocks(shard_len, group_size, shifted)
-            attended = [attend_block(query[:, heads], half_key, half_value, block, None, scaling, dropout) for block in blocks]
-            halves.append(torch.cat(attended, 1))
+            half_key, half_value = half_key[:, :, front:], half_value[:, :, front:]
+            halves.append(attend_groups(query[:, heads], half_key, half_value, group_size, shifted, None, scaling, dropout))
     output = torch.cat(halves, dim=2).transpose(1, 2)
     if rank == 0:
         output = output + 0 * halo.sum()  # the first shard reads no halo, yet its gradient exchange must run

@@ -152,7 +152,7 @@ def first_shifted_head(local_heads: int, total_heads: int) -> int:
     return min(max(total_heads // 2 - first_local_head(local_heads), 0), local_heads)
 
 
-def attend_block(
+def _attend_block(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -190,6 +190,22 @@ def attend_block(
     # (batch * groups, heads, group_len, head_dim) -> (batch, groups * group_len, heads, head_dim)
     output = output.reshape(batch, block.num_groups, heads, block.group_len, head_dim).permute(0, 1, 3, 2, 4)
     return output.reshape(batch, block.num_groups * block.group_len, heads, head_dim)
+
+
+def attend_groups(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    group_size: int,
+    shifted: bool,
+    segments: torch.Tensor | None = None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """Causal attention inside each group of one head half (`group_blocks`), over the whole sequence
+    given; returns (batch, tokens, heads, head_dim)."""
+    blocks = group_blocks(query.shape[2], group_size, shifted)
+    return torch.cat([_attend_block(query, key, value, block, segments, scaling, dropout) for block in blocks], dim=1)
 
 
 def check_group_size(group_size: int, flag: str = "--group_size") -> None:
@@ -246,13 +262,10 @@ def shifted_sparse_attention(
             rows.append(torch.cat(pieces, dim=2))
         return torch.cat(rows, dim=0)
     segments = segment_ids(batch, seq_len, attention_mask, position_ids, query.device)
-    halves = []
-    for heads, half_key, half_value, shifted in head_halves(key, value, num_heads, shifted_from):
-        pieces = [
-            attend_block(query[:, heads], half_key, half_value, block, segments, scaling, dropout)
-            for block in group_blocks(seq_len, group_size, shifted)
-        ]
-        halves.append(torch.cat(pieces, dim=1))
+    halves = [
+        attend_groups(query[:, heads], half_key, half_value, group_size, shifted, segments, scaling, dropout)
+        for heads, half_key, half_value, shifted in head_halves(key, value, num_heads, shifted_from)
+    ]
     return torch.cat(halves, dim=2).transpose(1, 2)
 
 
