@@ -12,8 +12,10 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from filelock import FileLock
 
 
 def _umask() -> int:
@@ -50,6 +52,24 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         os.replace(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def build_folder_once(path: str | Path, build: Callable[[Path], None]) -> Path:
+    """Make `path` with `build(staging)` unless it exists, one process at a time.
+
+    Processes started together (test workers, torchrun ranks) would otherwise all build it and all but
+    the first fail to rename onto the finished folder; under a lock beside it the others wait and reuse it.
+    A folder that exists is complete: it only appears by the rename.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        if not path.is_dir():
+            with atomic_folder(path) as staging:
+                build(staging)
+    return path
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

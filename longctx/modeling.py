@@ -18,7 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from longctx.internals import drop_quantization_record, stop_bnb_cpu_repacking
-from longctx.io import atomic_folder
+from longctx.io import atomic_folder, build_folder_once
 from longctx.pickles import check_pickle
 from longctx.rope import RopeRequest, extend_context
 from longctx.training_record import TrainingRecord, apply_record
@@ -78,14 +78,16 @@ def converted_gguf_folder(gguf_file: Path) -> Path:
     stat = gguf_file.stat()
     key = hashlib.sha256(f"{gguf_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     folder = cache_root() / f"{gguf_file.stem}-{key}"
-    if (folder / "config.json").exists():
-        return folder
-    print(f"Converting {gguf_file.name} to safetensors once (cached in {folder}) ...", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
-    drop_quantization_record(model)  # the weights are already dequantised to float32
-    save_model_and_tokenizer(model, tokenizer, folder)
-    return folder
+
+    def convert(staging: Path) -> None:
+        print(f"Converting {gguf_file.name} to safetensors once (cached in {folder}) ...", flush=True)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+        drop_quantization_record(model)  # the weights are already dequantised to float32
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+
+    return build_folder_once(folder, convert)
 
 
 def resolve_model_path(model_name_or_path: str, cache_dir: str | None = None) -> str:

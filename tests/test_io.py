@@ -1,11 +1,14 @@
 """Atomic writes: complete files with ordinary permissions, nothing left behind on failure."""
 
+import concurrent.futures
+import multiprocessing
 import os
 import stat
+import time
 
 import pytest
 
-from longctx.io import atomic_file, atomic_folder, write_json_atomic
+from longctx.io import atomic_file, atomic_folder, build_folder_once, write_json_atomic
 
 
 @pytest.fixture
@@ -35,3 +38,23 @@ def test_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         (staging / "weights").write_text("half")
         raise RuntimeError("interrupted")
     assert os.listdir(tmp_path) == ["results.json"]
+
+
+def _build_slowly(folder, log):
+    def build(staging):
+        with open(log, "a") as handle:
+            handle.write("built\n")
+        time.sleep(1.0)  # long enough for the other process to arrive while this one builds
+        (staging / "config.json").write_text("{}")
+
+    return str(build_folder_once(folder, build))
+
+
+def test_processes_started_together_build_the_folder_once(tmp_path):
+    """Test workers and torchrun ranks convert the bundled model at once: one builds, the others wait for it."""
+    folder, log = tmp_path / "cache" / "model", tmp_path / "builds.log"
+    with concurrent.futures.ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(_build_slowly, [folder] * 3, [log] * 3))
+    assert results == [str(folder)] * 3
+    assert log.read_text() == "built\n" and (folder / "config.json").read_text() == "{}"
+    assert sorted(os.listdir(folder.parent)) == ["model", "model.lock"]  # no staging folder left behind
