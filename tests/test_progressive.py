@@ -32,6 +32,25 @@ def by_hand(model_dir, output_dir, mode):
                "--start_mode", mode)  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory):
+    """`runs(kind, mode)`: the folder of progressive.py ("runner") or fine-tune.py twice ("hand") in that
+    start mode, trained once per module and shared by the tests that compare them."""
+    made = {}
+
+    def run(kind: str, mode: str):
+        if (kind, mode) not in made:
+            folder = tmp_path_factory.mktemp(f"{kind}-{mode}")
+            if kind == "runner":
+                progressive(tiny_model_dir, folder, "--start_mode", mode)
+            else:
+                by_hand(tiny_model_dir, folder, mode)
+            made[kind, mode] = folder
+        return made[kind, mode]
+
+    return run
+
+
 def assert_same_weights(first, second):
     for name in WEIGHTS:
         expected, got = load_file(first / name), load_file(second / name)
@@ -46,37 +65,33 @@ def logits(model) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("mode", ["merge", "continue"])
-def test_stages_equal_fine_tune_by_hand(tiny_model_dir, tmp_path, mode):
-    progressive(tiny_model_dir, tmp_path / "runner", "--start_mode", mode)
-    by_hand(tiny_model_dir, tmp_path / "hand", mode)
+def test_stages_equal_fine_tune_by_hand(tiny_model_dir, runs, mode):
+    runner, hand = runs("runner", mode), runs("hand", mode)
     for stage in ("128", "256"):
-        assert_same_weights(tmp_path / "hand" / stage, tmp_path / "runner" / stage)
-    record = read_record(tmp_path / "runner" / "256")
+        assert_same_weights(hand / stage, runner / stage)
+    record = read_record(runner / "256")
     assert record.rope_parameters["factor"] == 4.0 and record.model_max_length == 256  # YaRN grew with the stage
-    below = [str((tmp_path / "runner" / "128").resolve())] if mode == "merge" else []
+    below = [str((runner / "128").resolve())] if mode == "merge" else []
     assert record.base_adapters == below
-    results = json.loads((tmp_path / "runner" / "progressive-results.json").read_text())
+    results = json.loads((runner / "progressive-results.json").read_text())
     assert [stage["stage"] for stage in results["stages"]] == ["128", "256"]
     # the stage folder alone reads as the whole chain, and the merged model is the same model
-    stage, _ = load_for_inference(ReadingModel(str(tiny_model_dir), peft_model=tmp_path / "runner" / "256"))
-    merged, _ = load_for_inference(ReadingModel(str(tmp_path / "runner" / "merged")))
+    stage, _ = load_for_inference(ReadingModel(str(tiny_model_dir), peft_model=runner / "256"))
+    merged, _ = load_for_inference(ReadingModel(str(runner / "merged")))
     assert merged.config.rope_parameters == stage.config.rope_parameters
     torch.testing.assert_close(logits(merged), logits(stage), rtol=1e-4, atol=1e-4)
 
 
-def test_merge_and_continue_train_different_models(tiny_model_dir, tmp_path):
+def test_merge_and_continue_train_different_models(runs):
     """The two modes are not the same computation: continue keeps training stage 1's adapter."""
-    by_hand(tiny_model_dir, tmp_path / "merge", "merge")
-    by_hand(tiny_model_dir, tmp_path / "continue", "continue")
-    merge_weights = load_file(tmp_path / "merge" / "256" / "adapter_model.safetensors")
-    continue_weights = load_file(tmp_path / "continue" / "256" / "adapter_model.safetensors")
+    merge_weights = load_file(runs("hand", "merge") / "256" / "adapter_model.safetensors")
+    continue_weights = load_file(runs("hand", "continue") / "256" / "adapter_model.safetensors")
     assert any(not torch.allclose(merge_weights[key], continue_weights[key]) for key in merge_weights)
 
 
-def test_resumes_inside_the_second_stage(tiny_model_dir, tmp_path):
-    progressive(tiny_model_dir, tmp_path / "straight")
+def test_resumes_inside_the_second_stage(tiny_model_dir, runs, tmp_path):
     interrupted = tmp_path / "interrupted"
-    progressive(tiny_model_dir, interrupted)
+    progressive(tiny_model_dir, interrupted, "--start_mode", "merge")
     # as if killed after stage 2's first checkpoint: its final files and later checkpoints never written
     stage = interrupted / "256"
     shutil.rmtree(stage / "checkpoint-2")
@@ -84,8 +99,8 @@ def test_resumes_inside_the_second_stage(tiny_model_dir, tmp_path):
     for path in stage.iterdir():
         if path.is_file():
             path.unlink()
-    progressive(tiny_model_dir, interrupted)
-    assert_same_weights(tmp_path / "straight" / "256", stage)
+    progressive(tiny_model_dir, interrupted, "--start_mode", "merge")
+    assert_same_weights(runs("runner", "merge") / "256", stage)
     assert (interrupted / "merged" / "config.json").is_file()
 
 
