@@ -5,7 +5,7 @@ import os
 # suite spent 1166 s of CPU in 727 s, with one 775 s in 528 s (idle, 2 cores; progressive.py's runs
 # also shared since). Set before torch is imported, and inherited by the scripts the tests start.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
-    _cores = len(os.sched_getaffinity(0))
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 import pytest  # noqa: E402
