@@ -69,8 +69,12 @@ def smollm2_gguf_path() -> Path:
 def save_model_and_tokenizer(model, tokenizer, destination: Path) -> None:
     """Write model + tokenizer to a temporary sibling folder, then rename: no half-written folder survives."""
     with atomic_folder(destination) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        write_model_and_tokenizer(model, tokenizer, staging)
+
+
+def write_model_and_tokenizer(model, tokenizer, folder: Path) -> None:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def converted_gguf_folder(gguf_file: Path) -> Path:
@@ -84,8 +88,7 @@ def converted_gguf_folder(gguf_file: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
         drop_quantization_record(model)  # the weights are already dequantised to float32
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        write_model_and_tokenizer(model, tokenizer, staging)
 
     return build_folder_once(folder, convert)
 
