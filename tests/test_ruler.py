@@ -3,6 +3,7 @@
 import json
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -291,6 +292,13 @@ def test_ruler_script_resumes(tiny_model_dir, tmp_path, capsys):
     assert kept == first["records"]
     line = run_script_expecting_error(capsys, "ruler.py", *common, "--num_samples", "2", "--batch_size", "2", "--resume", "True")
     assert "was run with batch_size = 1, this run has 2" in line
+
+
+def test_the_bundled_haystack_is_named_as_in_every_clone(material):
+    """--resume compares the haystack: an absolute path would refuse a result file made in another clone."""
+    bundled = Path(__file__).resolve().parent.parent / "data" / "pg19_eval"
+    assert material.source == "data/pg19_eval"
+    assert load_material(str(bundled)).text == material.text
 
 
 def test_batched_generation_matches_one_at_a_time(tiny_model_dir, tokenizer):
