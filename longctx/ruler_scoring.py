@@ -1,7 +1,9 @@
 """Answering and scoring RULER's tasks, and the effective context length (Hsieh et al. 2024).
 
-Replies are greedy, in left-padded batches of one task at one length (their prompts are within 1%
-of each other, so padding costs little), cut at the task's generation budget. Scoring is RULER's
+Replies are greedy, one prompt at a time or in left-padded batches of one task at one length (their
+prompts are within 1% of each other, so padding adds few tokens, but a padded batch needs a mask and
+so loses SDPA's causal kernel, which skips the masked half: on CPU one at a time is faster), cut at
+the task's generation budget. Scoring is RULER's
 (scripts/eval/synthetic/constants.py): case-insensitive string match of each reference in the
 reply, the share of references found ("all": needles, vt, cwe, fwe) or whether any is ("part": qa).
 A task's score at a length is the mean over its samples, 0-100.
@@ -77,7 +79,7 @@ def run_ruler(
     lengths: Sequence[int],
     num_samples: int,
     make_sample: Callable[[str, int, int], RulerSample],
-    batch_size: int = 4,
+    batch_size: int = 1,
     generate: Callable = generate_batch,
     progress: bool = True,
     done: Sequence[dict] = (),
