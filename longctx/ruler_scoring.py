@@ -1,11 +1,11 @@
 """Answering and scoring RULER's tasks, and the effective context length (Hsieh et al. 2024).
 
-Replies are greedy, one prompt at a time or in left-padded batches of one task at one length (their
-prompts are within 1% of each other, so padding adds few tokens, but a padded batch needs a mask and
-so loses SDPA's causal kernel, which skips the masked half: on CPU one at a time is faster), cut at
-the task's generation budget. Scoring is RULER's
-(scripts/eval/synthetic/constants.py): case-insensitive string match of each reference in the
-reply, the share of references found ("all": needles, vt, cwe, fwe) or whether any is ("part": qa).
+Replies are greedy, cut at the task's generation budget, one prompt at a time or in left-padded
+batches of one task at one length. Their prompts are within 1% of each other, so padding adds few
+tokens, but a padded batch needs a mask and so loses SDPA's causal kernel, which skips the masked
+half: on CPU one at a time is faster. Scoring is RULER's (scripts/eval/synthetic/constants.py):
+case-insensitive string match of each reference in the reply, the share of references found ("all":
+needles, vt, cwe, fwe) or whether any is ("part": qa).
 A task's score at a length is the mean over its samples, 0-100.
 
 The effective length is the longest tested length up to which the average over the tasks stays at
