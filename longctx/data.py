@@ -143,18 +143,21 @@ def collate_rows(features: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch
     return {key: torch.stack([feature[key] for feature in features]) for key in features[0]}
 
 
+BUNDLED_EVAL_DATA = "data/pg19_eval"  # relative to the repository: how results name it, the same in every clone
+
+
 def default_pretraining_data() -> str:
     """The bundled training books ``data/pg19`` (six PG19-test books), so the recipes run out of the box."""
-    return str(_bundled_folder("pg19"))
+    return str(_bundled_folder("data/pg19"))
 
 
 def default_eval_data() -> str:
     """The bundled held-out book(s) ``data/pg19_eval``, never among the training books."""
-    return str(_bundled_folder("pg19_eval"))
+    return str(_bundled_folder(BUNDLED_EVAL_DATA))
 
 
-def _bundled_folder(name: str) -> Path:
-    folder = Path(__file__).resolve().parent.parent / "data" / name
+def _bundled_folder(relative: str) -> Path:
+    folder = Path(__file__).resolve().parent.parent / relative
     if not folder.is_dir() or not any(folder.glob("*.txt")):
         raise FileNotFoundError(f"bundled data {folder} is missing; pass a data path explicitly")
     return folder

@@ -20,7 +20,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from longctx.data import default_eval_data, default_pretraining_data
+from longctx.data import BUNDLED_EVAL_DATA, default_eval_data, default_pretraining_data
 from longctx.retrieval import read_haystack, render_prompt
 from longctx.ruler_qa import QA_NEW_TOKENS, make_passages, qa_draft
 from longctx.ruler_synthetic import (
@@ -98,9 +98,6 @@ def select_tasks(text: str) -> list[str]:
     return [task for task in TASKS if task in wanted]
 
 
-BUNDLED_HAYSTACK = "data/pg19_eval"  # the default haystack as results name it: the same in every clone
-
-
 @dataclass(frozen=True)
 class RulerMaterial:
     """What the generators draw from: haystack text (its words and passages) and a vocabulary of words."""
@@ -115,13 +112,13 @@ class RulerMaterial:
 def load_material(haystack: str | None = None) -> RulerMaterial:
     """Haystacks from `haystack` (default: the held-out book data/pg19_eval); 5-10 letter words of all bundled books.
 
-    The default is recorded as BUNDLED_HAYSTACK, not as this clone's absolute path, so a result file
+    The default is recorded as BUNDLED_EVAL_DATA, not as this clone's absolute path, so a result file
     resumes (--resume compares the haystack) in any clone.
     """
     text = " ".join(read_haystack(haystack or default_eval_data()).split())
     books = read_haystack(f"{default_pretraining_data()},{default_eval_data()}")
     vocabulary = tuple(sorted(set(re.findall(r"(?<![A-Za-z'-])[a-z]{5,10}(?![A-Za-z'-])", books))))
-    return RulerMaterial(haystack or BUNDLED_HAYSTACK, text, tuple(text.split()), tuple(make_passages(text)), vocabulary)
+    return RulerMaterial(haystack or BUNDLED_EVAL_DATA, text, tuple(text.split()), tuple(make_passages(text)), vocabulary)
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,7 @@ class RulerArguments(InferenceModelArguments):
     num_samples: int = help_field("samples per task and length (RULER's default: 500)", default=10)
     batch_size: int = help_field(
         "prompts of one task and length generated together, left-padded (1 with --dca); a padded batch loses SDPA's "
-        "causal kernel, so 1 is fastest on CPU (8k: 40 s a prompt against 70 s in fours); larger may pay on GPUs",
+        "causal kernel, so 1 is fastest on CPU; larger may pay on GPUs",
         default=1,
     )
     threshold: float = help_field(
